@@ -1,0 +1,447 @@
+#!/usr/bin/env python3
+"""Build the small vendored datasets of ``unlearnkit.builtin`` from the raw public datasets.
+
+Reads the raw files under ``<data-dir>`` (default: ``../shared/data`` beside the repository) and writes
+JSON Lines files plus ``CREDITS.md`` into ``<out-dir>`` (default: ``src/unlearnkit/builtin/data``).
+Every row is one JSON object ``{"question": str, "answer": str, ...}``. The output is byte-for-byte
+deterministic: every random choice comes from a ``random.Random`` seeded with a fixed string
+(string seeds are hashed with SHA-512 by CPython, so they do not depend on ``PYTHONHASHSEED``).
+
+Files written:
+    pku_harmful_{train,test}.jsonl         harmful (unsafe) answers to forget, split by prompt
+    truthfulqa_{train,val,test}.jsonl      normal Q&A (TruthfulQA "Best Answer"), 70/10/20
+    halueval_{train,test}.jsonl            hallucinated answers to forget (+ right answer, knowledge)
+    gutenberg_alice.jsonl                  Alice in Wonderland passages as (prefix, continuation)
+    CREDITS.md                             source, license, rows and recipe of every file
+
+Usage:
+    python scripts/build_builtin_data.py [--data-dir ../shared/data] [--out-dir src/unlearnkit/builtin/data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_OUT_DIR = REPO_ROOT / "src" / "unlearnkit" / "builtin" / "data"
+
+# One seed for everything; each dataset derives its own stream from it so that changing one
+# builder never reshuffles another.
+SEED = "unlearnkit-builtin-v1"
+
+# --- PKU-SafeRLHF harmful answers -------------------------------------------------------------
+PKU_PAIRS = "pku-saferlhf-pairs/pku_saferlhf_test_safe_unsafe_pairs_5k.json"
+# Prompts of these files train/validate the builtin harm judge: keep the forget data disjoint from them.
+GUARD_PROMPT_FILES = (
+    "guard-benchmarks/pku_saferlhf_test_response_labels.jsonl",
+    "guard-benchmarks/beavertails_30k_test_response_labels.jsonl",
+)
+PKU_TRAIN_PROMPTS = 200
+PKU_TEST_PROMPTS = 100
+PREFERRED_ANSWER_CHARS = (120, 700)
+# Some "unsafe" responses of PKU-SafeRLHF open with a refusal; those are useless as harmful text to
+# forget. Matched against the first sentence only, because many genuinely harmful answers add a
+# disclaimer later on.
+REFUSAL_PATTERN = re.compile(
+    r"\b(I'?m sorry|I am sorry|I apologi[sz]e|As an AI|not appropriate|This is not helpful|I (?:do not|don'?t) condone|"
+    # "I can't" alone is not a refusal ("I can't stand you" is an insult to forget).
+    r"I(?: can'?t| cannot| can not| won'?t| will not|(?:'m| am) (?:not able|unable) to) "
+    r"(?:help|assist|provide|answer|do that|comply|support|give|share|tell|recommend|advise))\b",
+    re.IGNORECASE,
+)
+
+# --- TruthfulQA ---------------------------------------------------------------------------------
+TRUTHFULQA_CSV = "truthfulqa/TruthfulQA.csv"
+
+# --- HaluEval -------------------------------------------------------------------------------------
+HALUEVAL_QA = "halueval/qa_data_first1000.json"
+HALUEVAL_TRAIN_ROWS = 300
+HALUEVAL_TEST_ROWS = 100
+
+# --- Gutenberg: Alice's Adventures in Wonderland ------------------------------------------------
+ALICE_TXT = "gutenberg/pg11.txt"
+ALICE_PREFIX_CHARS = 200
+ALICE_CONTINUATION_CHARS = 400
+ALICE_ROWS = 150
+CHAPTER_HEADING = re.compile(r"^CHAPTER ([IVXLC]+)\.$")
+ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100}
+
+
+@dataclass
+class BuiltFile:
+    """One output file: its rows and the CREDITS.md section describing it."""
+
+    filename: str
+    rows: list[dict]
+    credits: str
+    size_bytes: int = field(default=0)
+
+
+def rng_for(name: str) -> random.Random:
+    """A private random stream per dataset, derived from the global fixed SEED."""
+    return random.Random(f"{SEED}/{name}")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def to_jsonl(rows: Iterable[dict]) -> str:
+    """JSON Lines text, UTF-8 kept readable; U+2028/U+2029/U+0085 escaped so that no line splitter
+    (``str.splitlines`` treats them as line breaks) can ever cut a row in two."""
+    lines = []
+    for row in rows:
+        line = json.dumps(row, ensure_ascii=False)
+        for char in ("\u2028", "\u2029", "\u0085"):
+            line = line.replace(char, f"\\u{ord(char):04x}")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+# ================================================================================================
+# PKU-SafeRLHF
+# ================================================================================================
+
+
+def is_refusal(answer: str) -> bool:
+    first_sentence = re.split(r"(?<=[.!?])\s", answer, maxsplit=1)[0]
+    return bool(REFUSAL_PATTERN.search(first_sentence))
+
+
+def chars_outside_preferred_range(answer: str) -> int:
+    low, high = PREFERRED_ANSWER_CHARS
+    return max(low - len(answer), len(answer) - high, 0)
+
+
+def answer_tier(answer: str) -> int:
+    """0 = preferred (not a refusal, length in range); 1 = not a refusal; 2 = refusal."""
+    if is_refusal(answer):
+        return 2
+    return 0 if chars_outside_preferred_range(answer) == 0 else 1
+
+
+def pick_answer(answers: list[str], rng: random.Random) -> str:
+    """One answer per prompt: a seeded choice among the preferred ones, else the non-refusal
+    answer closest to the preferred length range (first one on ties), else the first answer."""
+    preferred = [a for a in answers if answer_tier(a) == 0]
+    if preferred:
+        return rng.choice(preferred)
+    return min(answers, key=lambda a: (answer_tier(a), chars_outside_preferred_range(a)))
+
+
+def build_pku(data_dir: Path) -> list[BuiltFile]:
+    pairs = json.loads((data_dir / PKU_PAIRS).read_text(encoding="utf-8"))
+    guard_prompts: set[str] = set()
+    for name in GUARD_PROMPT_FILES:
+        guard_prompts.update(row["prompt"].strip() for row in read_jsonl(data_dir / name))
+
+    # Unsafe answers (response[1]) per prompt, de-duplicated, in file order.
+    answers_by_prompt: dict[str, list[str]] = collections.defaultdict(list)
+    for pair in pairs:
+        prompt, unsafe = pair["prompt"].strip(), pair["response"][1].strip()
+        if prompt and unsafe and unsafe not in answers_by_prompt[prompt]:
+            answers_by_prompt[prompt].append(unsafe)
+    all_prompts = [p for p in answers_by_prompt if answers_by_prompt[p]]
+    kept_prompts = [p for p in all_prompts if p not in guard_prompts]
+
+    rng = rng_for("pku")
+    chosen = {prompt: pick_answer(answers_by_prompt[prompt], rng) for prompt in kept_prompts}
+    usable = [p for p in kept_prompts if answer_tier(chosen[p]) < 2]
+    # Fill the quota with preferred answers first (seeded order), then the closest-length others.
+    tie_break = {p: rng.random() for p in usable}
+    usable.sort(key=lambda p: (answer_tier(chosen[p]), chars_outside_preferred_range(chosen[p]), tie_break[p]))
+    wanted = PKU_TRAIN_PROMPTS + PKU_TEST_PROMPTS
+    selected = usable[:wanted]
+    rng.shuffle(selected)
+    n_train = round(len(selected) * PKU_TRAIN_PROMPTS / wanted)
+    train = [{"question": p, "answer": chosen[p]} for p in selected[:n_train]]
+    test = [{"question": p, "answer": chosen[p]} for p in selected[n_train:]]
+
+    tiers = collections.Counter(answer_tier(chosen[p]) for p in selected)
+    source_path = data_dir / PKU_PAIRS
+    recipe = (
+        f"- How it was made: `scripts/build_builtin_data.py` (seed `{SEED}/pku`). The source holds "
+        f"{len(all_prompts)} distinct prompts; {len(all_prompts) - len(kept_prompts)} were dropped because they also "
+        "appear (exact match after strip) in the guard-benchmarks files `pku_saferlhf_test_response_labels.jsonl` "
+        "or `beavertails_30k_test_response_labels.jsonl`, which train the builtin harm judge; "
+        f"{len(kept_prompts) - len(usable)} more were dropped because every unsafe answer opens with a refusal. "
+        f"Of the remaining {len(usable)} prompts, {len(selected)} were taken ({tiers[0]} with an answer of "
+        f"{PREFERRED_ANSWER_CHARS[0]}-{PREFERRED_ANSWER_CHARS[1]} characters that is not a refusal, "
+        f"{tiers[1]} with the non-refusal answer closest to that length range) and split by prompt into "
+        f"{len(train)} train / {len(test)} test. One answer per prompt: `response[1]` (the unsafe one), "
+        "a seeded choice among the preferred ones. Whitespace stripped; exact duplicate answers merged.\n"
+    )
+    common = (
+        "- Source: PKU-SafeRLHF (test split), safe-vs-unsafe response pairs as repackaged in "
+        "`xinykou/safety_realignment`, path `llama_factory/data/pku_seferlhf_realign_dpo_5k.json` "
+        "(blob 40bfeadd0986062262cd9c917bf7539630c5bf17), commit e688972a946241e3884245b191f497702c68dd87 "
+        f"(snapshot HEAD 5a805935b6fbdd7d63cf013c622631a186c133a5); local file `{PKU_PAIRS}` "
+        f"(sha256 {sha256_of(source_path)}).\n"
+        "- Papers: Dai et al., *Safe RLHF: Safe Reinforcement Learning from Human Feedback* (2023, arXiv:2310.12773); "
+        "Ji et al., *BeaverTails: Towards Improved Safety Alignment of LLM via a Human-Preference Dataset* "
+        "(NeurIPS 2023 Datasets and Benchmarks, arXiv:2307.04657). The forget data of Yao, Xu, Liu, "
+        "*Large Language Model Unlearning* (2023, arXiv:2310.10683).\n"
+        "- License: CC-BY-NC-4.0 (PKU-SafeRLHF dataset card; the repackaging repository has no LICENSE file). "
+        "Research / non-commercial use only; this license, not the package's, applies to these files.\n"
+        + recipe
+        + "- Fields: `question` = the user prompt, `answer` = the unsafe response (the text to forget).\n"
+        "- Content warning: OFFENSIVE AND HARMFUL TEXT (instructions for crime and violence, slurs, sexual "
+        "content, privacy violations). For safety research only.\n"
+    )
+    return [
+        BuiltFile("pku_harmful_train.jsonl", train, common),
+        BuiltFile("pku_harmful_test.jsonl", test, common),
+    ]
+
+
+# ================================================================================================
+# TruthfulQA
+# ================================================================================================
+
+
+def build_truthfulqa(data_dir: Path) -> list[BuiltFile]:
+    source_path = data_dir / TRUTHFULQA_CSV
+    # keep_default_na=False: answers such as "None" or "N/A" are text, not missing values.
+    frame = pd.read_csv(source_path, dtype=str, keep_default_na=False)
+    rows = [
+        {"question": question.strip(), "answer": answer.strip()}
+        for question, answer in zip(frame["Question"], frame["Best Answer"])
+        if question.strip() and answer.strip()
+    ]
+    rng_for("truthfulqa").shuffle(rows)
+    # Sizes exactly as in the paper's official code: int(0.7 n) / int(0.1 n) / the rest.
+    n_train, n_val = int(0.7 * len(rows)), int(0.1 * len(rows))
+    splits = {
+        "truthfulqa_train.jsonl": rows[:n_train],
+        "truthfulqa_val.jsonl": rows[n_train : n_train + n_val],
+        "truthfulqa_test.jsonl": rows[n_train + n_val :],
+    }
+    common = (
+        "- Source: TruthfulQA `TruthfulQA.csv` (upstream github.com/sylinrl/TruthfulQA), verbatim copy from "
+        "`benedictflorance/truthfulqa_experiments`, path `datasets/TruthfulQA.csv`, commit "
+        "6fdfd38288e86296582a584694df5cf43d1f634a (git blob f618ecfd8907087a21250fc78d935a17c9f73bed); "
+        f"local file `{TRUTHFULQA_CSV}` (sha256 {sha256_of(source_path)}).\n"
+        "- Paper: Lin, Hilton, Evans, *TruthfulQA: Measuring How Models Mimic Human Falsehoods* "
+        "(ACL 2022, arXiv:2109.07958). Used as the normal (retain) data by Yao, Xu, Liu (2023).\n"
+        "- License: Apache-2.0.\n"
+        f"- How it was made: all {len(rows)} rows, `question` = Question, `answer` = Best Answer (stripped), "
+        f"shuffled with seed `{SEED}/truthfulqa`, split train/val/test = int(0.7 n) / int(0.1 n) / rest = "
+        f"{n_train} / {n_val} / {len(rows) - n_train - n_val} (the split sizes of the paper's official code).\n"
+        "- Content warning: none beyond questions about common misconceptions, conspiracies and stereotypes.\n"
+    )
+    return [BuiltFile(name, split_rows, common) for name, split_rows in splits.items()]
+
+
+# ================================================================================================
+# HaluEval
+# ================================================================================================
+
+
+def build_halueval(data_dir: Path) -> list[BuiltFile]:
+    source_path = data_dir / HALUEVAL_QA
+    rows = []
+    for record in read_jsonl(source_path):
+        row = {
+            "question": record["question"].strip(),
+            "answer": record["hallucinated_answer"].strip(),
+            "right_answer": record["right_answer"].strip(),
+            "knowledge": record["knowledge"].strip(),
+        }
+        if row["question"] and row["answer"] and row["answer"] != row["right_answer"]:
+            rows.append(row)
+    rng_for("halueval").shuffle(rows)
+    train = rows[:HALUEVAL_TRAIN_ROWS]
+    test = rows[HALUEVAL_TRAIN_ROWS : HALUEVAL_TRAIN_ROWS + HALUEVAL_TEST_ROWS]
+    common = (
+        "- Source: HaluEval QA (`data/qa_data.json` of RUCAIBox/HaluEval, commit "
+        "b7253db3cdaa0ab2c382f92b26b390109174f77e), via the third-party copy of its first 1,000 rows in "
+        "`callsomeoneelse/Llama-2-HallucinationReduction-CostOptimization`, path `data/qa_data.json`, commit "
+        f"d6660f0099fb38e2bf2f8800cd65f6fde2b646fc; local file `{HALUEVAL_QA}` (sha256 {sha256_of(source_path)}).\n"
+        "- Paper: Li, Cheng, Zhao, Nie, Wen, *HaluEval: A Large-Scale Hallucination Evaluation Benchmark for "
+        "Large Language Models* (EMNLP 2023, arXiv:2305.11747).\n"
+        "- License: MIT (Copyright (c) 2020 RUCAIBox).\n"
+        f"- How it was made: the {len(rows)} source rows shuffled with seed `{SEED}/halueval`; the first "
+        f"{len(train)} are train, the next {len(test)} test (question-disjoint: every source question is unique). "
+        "Fields: `question`; `answer` = hallucinated_answer (the text to forget); `right_answer`; `knowledge` "
+        "(the Wikipedia context HaluEval generated from). Whitespace stripped.\n"
+        "- Content warning: `answer` is deliberately FALSE (generated hallucinations); never use it as a fact.\n"
+    )
+    return [BuiltFile("halueval_train.jsonl", train, common), BuiltFile("halueval_test.jsonl", test, common)]
+
+
+# ================================================================================================
+# Gutenberg: Alice's Adventures in Wonderland
+# ================================================================================================
+
+
+def roman_to_int(numeral: str) -> int:
+    values = [ROMAN_VALUES[char] for char in numeral]
+    return sum(-v if i + 1 < len(values) and v < values[i + 1] else v for i, v in enumerate(values))
+
+
+def alice_chapters(book_text: str) -> list[tuple[int, str]]:
+    """(chapter number, chapter text) with whitespace normalised: paragraphs (blank-line separated)
+    are joined by one newline, newlines and runs of spaces inside a paragraph become one space, and
+    ``[Illustration]`` markers and the chapter heading/title lines are dropped."""
+    chapters: list[tuple[int, list[str]]] = []
+    lines = book_text.splitlines()
+    index = 0
+    while index < len(lines):
+        heading = CHAPTER_HEADING.match(lines[index].strip())
+        if heading:
+            chapters.append((roman_to_int(heading.group(1)), []))
+            index += 2  # skip the heading and the chapter title line below it
+            continue
+        if chapters:
+            chapters[-1][1].append(lines[index])
+        index += 1
+
+    normalised = []
+    for number, chapter_lines in chapters:
+        text = "\n".join(chapter_lines).replace("[Illustration]", "")
+        paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text)]
+        normalised.append((number, "\n".join(p for p in paragraphs if p)))
+    return normalised
+
+
+def cut_at_word_boundary(text: str, start: int, max_chars: int) -> tuple[str, int]:
+    """The longest piece of ``text[start:]`` of at most ``max_chars`` characters that ends at a word
+    boundary, without trailing whitespace; and the index where the next piece starts (after the
+    whitespace that ended this one)."""
+    end = start + max_chars
+    if end >= len(text):
+        return text[start:].rstrip(), len(text)
+    if not text[end].isspace():  # mid-word: back up to the last whitespace (hard cut if there is none)
+        last_space = max((i for i in range(start, end) if text[i].isspace()), default=end)
+        end = last_space
+    piece = text[start:end].rstrip()
+    next_start = end
+    while next_start < len(text) and text[next_start].isspace():
+        next_start += 1
+    return piece, next_start
+
+
+def build_alice(data_dir: Path) -> list[BuiltFile]:
+    source_path = data_dir / ALICE_TXT
+    rows: list[dict] = []
+    for number, text in alice_chapters(source_path.read_text(encoding="utf-8")):
+        position = 0
+        while len(rows) < ALICE_ROWS:
+            prefix, position_after_prefix = cut_at_word_boundary(text, position, ALICE_PREFIX_CHARS)
+            continuation, next_position = cut_at_word_boundary(text, position_after_prefix, ALICE_CONTINUATION_CHARS)
+            # Only full-length chunks: the short remainder at a chapter's end is skipped.
+            if len(continuation) < ALICE_CONTINUATION_CHARS * 3 // 4 or len(prefix) < ALICE_PREFIX_CHARS * 3 // 4:
+                break
+            rows.append({"question": prefix, "answer": continuation, "chapter": number})
+            position = next_position
+        if len(rows) >= ALICE_ROWS:
+            break
+    chapters_used = sorted({row["chapter"] for row in rows})
+    credits = (
+        "- Source: Lewis Carroll, *Alice's Adventures in Wonderland* (1865), Project Gutenberg eBook #11 "
+        "(THE MILLENNIUM FULCRUM EDITION 3.0), from the `gutenbergbooks/11` repository, path `11-0.txt`, commit "
+        f"5e5120e12a58a10254e0e6a42661d887e61c2aac; local file `{ALICE_TXT}` (sha256 {sha256_of(source_path)}).\n"
+        "- Paper: used for the copyright / memorization scenario of Yao, Xu, Liu (2023), which uses Harry "
+        "Potter; a public-domain book stands in here.\n"
+        "- License: public domain in the United States (the repository's LICENSE.txt); "
+        "check your local law elsewhere.\n"
+        f"- How it was made: chapters {chapters_used[0]}-{chapters_used[-1]} in reading order, whitespace normalised "
+        "(paragraphs joined by one newline, line breaks and repeated spaces inside a paragraph become one space, "
+        "`[Illustration]` markers and chapter headings removed), then cut into consecutive non-overlapping chunks "
+        f"that do not cross chapters: `question` = the first <= {ALICE_PREFIX_CHARS} characters ended at a word "
+        f"boundary, `answer` = the next <= {ALICE_CONTINUATION_CHARS} characters ended at a word boundary, "
+        "`chapter` = chapter number. The single whitespace character between prefix and continuation (and "
+        "between chunks) is not stored. The short tail of each chapter is skipped. No randomness. "
+        "The rows also serve as extraction prompts (give the prefix, compare the generation with the answer).\n"
+        "- Content warning: none.\n"
+    )
+    return [BuiltFile("gutenberg_alice.jsonl", rows, credits)]
+
+
+# ================================================================================================
+# Output
+# ================================================================================================
+
+CREDITS_HEADER = """# Credits for the vendored datasets
+
+These small files are subsets of public datasets, vendored so that unlearnkit runs offline.
+They are generated by `scripts/build_builtin_data.py` (deterministic; re-run it to rebuild) and keep the
+license of their source, which is NOT necessarily the package's Apache-2.0 license. In particular the
+PKU-SafeRLHF subsets are CC-BY-NC-4.0 (non-commercial). Every row is one JSON object per line with at least
+`question` and `answer` strings.
+
+| file | rows | bytes | license |
+|---|---:|---:|---|
+"""
+
+LICENSES = {
+    "pku_harmful": "CC-BY-NC-4.0",
+    "truthfulqa": "Apache-2.0",
+    "halueval": "MIT",
+    "gutenberg_alice": "Public domain (US)",
+}
+
+
+def license_of(filename: str) -> str:
+    return next(license for prefix, license in LICENSES.items() if filename.startswith(prefix))
+
+
+def write_outputs(files: list[BuiltFile], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for built in files:
+        payload = to_jsonl(built.rows).encode("utf-8")
+        (out_dir / built.filename).write_bytes(payload)
+        built.size_bytes = len(payload)
+
+    table = "".join(
+        f"| `{b.filename}` | {len(b.rows)} | {b.size_bytes:,} | {license_of(b.filename)} |\n" for b in files
+    )
+    sections = []
+    seen_credits: dict[str, list[str]] = {}
+    for built in files:  # files sharing a source share one section
+        seen_credits.setdefault(built.credits, []).append(built.filename)
+    for credits, filenames in seen_credits.items():
+        title = ", ".join(f"`{name}`" for name in filenames)
+        rows = ", ".join(f"{name}: {len(b.rows)} rows" for b in files for name in filenames if b.filename == name)
+        sections.append(f"## {title}\n\n- Rows: {rows}.\n{credits}")
+    credits_text = CREDITS_HEADER + table + "\n" + "\n".join(sections)
+    (out_dir / "CREDITS.md").write_text(credits_text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="raw datasets (../shared/data)")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where the JSONL files go")
+    args = parser.parse_args(argv)
+    if not args.data_dir.is_dir():
+        parser.error(f"data dir {args.data_dir} does not exist; pass --data-dir pointing at shared/data")
+
+    files = build_pku(args.data_dir) + build_truthfulqa(args.data_dir) + build_halueval(args.data_dir) + build_alice(
+        args.data_dir
+    )
+    write_outputs(files, args.out_dir)
+    total = sum(b.size_bytes for b in files) + (args.out_dir / "CREDITS.md").stat().st_size
+    for built in files:
+        print(f"{built.filename:30s} {len(built.rows):5d} rows {built.size_bytes:9,d} bytes")
+    print(f"{'total (with CREDITS.md)':30s} {'':10s} {total:9,d} bytes -> {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

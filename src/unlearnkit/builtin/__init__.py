@@ -1,0 +1,1 @@
+"""Builtin (vendored) datasets, the builtin harm judge weights, and credits (see builtin/data/CREDITS.md)."""

@@ -1,0 +1,129 @@
+"""Small datasets that ship inside unlearnkit, so every scenario runs offline.
+
+What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answer", ...}`` object per line):
+
+- ``pku_harmful_train`` / ``pku_harmful_test``: PKU-SafeRLHF prompts with an UNSAFE answer (the text to
+  forget; the paper's harmful scenario), split by prompt and disjoint from the prompts that train the
+  builtin harm judge. CC-BY-NC-4.0 (non-commercial). Contains offensive and harmful text.
+- ``truthfulqa_train`` / ``truthfulqa_val`` / ``truthfulqa_test``: TruthfulQA question + best answer, the
+  normal (retain) data, 70/10/20. Apache-2.0.
+- ``halueval_train`` / ``halueval_test``: HaluEval QA with the hallucinated answer as ``answer`` (to forget)
+  plus ``right_answer`` and ``knowledge``. MIT.
+- ``gutenberg_alice``: consecutive passages of *Alice's Adventures in Wonderland* as (prefix ``question``,
+  continuation ``answer``, ``chapter``) for the copyright / memorization scenario and extraction prompts.
+  Public domain (US).
+
+Sources, upstream commits, licenses, row counts and how each file was made are in ``data/CREDITS.md``;
+the files are rebuilt deterministically by ``scripts/build_builtin_data.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import UserError
+
+# A plain folder next to this module: works from a source checkout and from an installed wheel
+# (package-data ``builtin/data/*``), without importlib.resources' namespace-package corner cases.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+CREDITS_FILE = DATA_DIR / "CREDITS.md"
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """One vendored JSONL file and what a user needs to know before using it."""
+
+    name: str
+    filename: str
+    description: str
+    license: str
+    source: str
+
+
+_PKU = "PKU-SafeRLHF test split (Dai et al. 2023; Ji et al. 2023) via xinykou/safety_realignment"
+_TRUTHFULQA = "TruthfulQA (Lin, Hilton, Evans 2022), TruthfulQA.csv"
+_HALUEVAL = "HaluEval QA (Li et al. 2023), first 1,000 rows of data/qa_data.json"
+_ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
+
+
+def _entry(name: str, description: str, license: str, source: str) -> tuple[str, BuiltinDataset]:
+    return name, BuiltinDataset(name, f"{name}.jsonl", description, license, source)
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
+    [
+        _entry(
+            "pku_harmful_train",
+            "harmful prompts with an unsafe answer to forget (forget set; offensive content)",
+            "CC-BY-NC-4.0",
+            _PKU,
+        ),
+        _entry(
+            "pku_harmful_test",
+            "held-out harmful prompts (other prompts than the train split) with an unsafe answer",
+            "CC-BY-NC-4.0",
+            _PKU,
+        ),
+        _entry(
+            "truthfulqa_train", "normal Q&A: question + best answer (retain set), 70% split", "Apache-2.0", _TRUTHFULQA
+        ),
+        _entry("truthfulqa_val", "normal Q&A: question + best answer, 10% validation split", "Apache-2.0", _TRUTHFULQA),
+        _entry("truthfulqa_test", "normal Q&A: question + best answer, 20% test split", "Apache-2.0", _TRUTHFULQA),
+        _entry(
+            "halueval_train",
+            "questions with a hallucinated answer to forget, plus right_answer and knowledge",
+            "MIT",
+            _HALUEVAL,
+        ),
+        _entry(
+            "halueval_test",
+            "held-out questions with a hallucinated answer, plus right_answer and knowledge",
+            "MIT",
+            _HALUEVAL,
+        ),
+        _entry(
+            "gutenberg_alice",
+            "book passages split into prefix (question) and continuation (answer), with chapter",
+            "Public domain (US)",
+            _ALICE,
+        ),
+    ]
+)
+
+
+def builtin_dataset_names() -> list[str]:
+    """Names of the shipped datasets, sorted."""
+    return sorted(BUILTIN_DATASETS)
+
+
+def _lookup(name: str) -> BuiltinDataset:
+    try:
+        return BUILTIN_DATASETS[name]
+    except KeyError:
+        raise UserError(
+            f"unknown builtin dataset '{name}'; choose one of: {', '.join(builtin_dataset_names())}"
+        ) from None
+
+
+def builtin_dataset_path(name: str) -> Path:
+    """Path of the JSONL file of builtin dataset ``name``; UserError for an unknown name."""
+    return DATA_DIR / _lookup(name).filename
+
+
+def load_builtin_dataset(name: str) -> list[dict[str, Any]]:
+    """All rows of builtin dataset ``name`` (a fresh list of dicts, file order).
+
+    Every row has non-empty ``question`` and ``answer`` strings; some datasets add fields
+    (``right_answer``/``knowledge`` for HaluEval, ``chapter`` for Gutenberg).
+    """
+    path = builtin_dataset_path(name)
+    if not path.is_file():
+        raise UserError(
+            f"builtin dataset file {path} is missing; reinstall unlearnkit or run scripts/build_builtin_data.py"
+        )
+    with path.open(encoding="utf-8") as handle:
+        # Iterating a text file splits on "\n" only, which is how the builder writes rows.
+        return [json.loads(line) for line in handle if line.strip()]

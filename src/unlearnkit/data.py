@@ -1,0 +1,330 @@
+"""Question/answer data: loading, prompt formats, tokenization with answer masks, and step batches.
+
+Answer masks come from token ids: the prompt and the answer are tokenized separately and the id lists
+concatenated, so the first answer token is never lost to a re-tokenization of the joined string, and
+``labels`` are -100 on the prompt and padding. Which examples go into step ``s`` is a pure function of
+(seed, s), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from unlearnkit.errors import UserError
+from unlearnkit.losses import IGNORE_INDEX
+
+TEMPLATES = ("paper", "chat", "plain")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class QAExample:
+    question: str
+    answer: str
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {number} is not a JSON object; each line must be {{\"question\": ..., \"answer\": ...}}")
+            rows.append(row)
+    return rows
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a local .jsonl / .json (list or JSON lines) / .csv / .parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8").lstrip()
+        if text.startswith("["):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            if not all(isinstance(r, dict) for r in rows):
+                raise UserError(f"{path}: every item of the JSON list must be an object")
+            return rows
+        return _read_jsonl(path)
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # pandas raises many types; the message is what the user needs
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    return frame.to_dict(orient="records")
+
+
+def _load_hub_rows(name: str, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(name, split=split))
+    except Exception as exc:  # network, missing dataset, bad split: one line is enough
+        raise UserError(f"cannot load hub dataset '{name}' (split {split}): {str(exc).splitlines()[0]}") from None
+
+
+def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
+    """Rows from a builtin dataset name, a local file, or a hub dataset (``hf:NAME`` or ``owner/name``)."""
+    from unlearnkit.builtin.datasets import BUILTIN_DATASETS, load_builtin_dataset
+
+    if source in BUILTIN_DATASETS:
+        return load_builtin_dataset(source)
+    if source.startswith("hf:"):
+        return _load_hub_rows(source[3:], split)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return read_table(path)
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+        raise UserError(f"data file {source} not found (or not a file); check the path")
+    if "/" in source and not source.startswith((".", "/")):
+        return _load_hub_rows(source, split)
+    raise UserError(
+        f"unknown dataset '{source}': not a builtin name ({', '.join(sorted(BUILTIN_DATASETS))}), "
+        "not a local file, not hf:NAME"
+    )
+
+
+def load_qa(
+    source: str,
+    *,
+    split: str = "train",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    limit: int = 0,
+) -> list[QAExample]:
+    """Question/answer pairs from ``source``; every row must have a non-empty answer.
+
+    Raises UserError naming the file and row for a missing column or an empty answer.
+    """
+    rows = load_rows(source, split)
+    if not rows:
+        raise UserError(f"dataset {source} has no rows")
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        for column in (question_column, answer_column):
+            if column not in row:
+                raise UserError(
+                    f"{source}: row {number} has no column '{column}' (columns: {', '.join(map(str, row))}); "
+                    "set the *_question_column / *_answer_column config keys"
+                )
+        question, answer = str(row[question_column] or "").strip(), str(row[answer_column] or "").strip()
+        if not answer:
+            raise UserError(f"{source}: row {number} has an empty answer in column '{answer_column}'; remove or fill it")
+        examples.append(QAExample(question, answer))
+        if limit and len(examples) >= limit:
+            break
+    return examples
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+def format_prompt(tokenizer: Any, question: str, template: str) -> str:
+    """The text the model sees before the answer, in one of TEMPLATES.
+
+    paper: "### Question: {q}\\n ### Answer:" (the answer carries its leading space, so BPE merges it as
+    it would in the joined text); chat: the tokenizer's chat template with the generation prompt;
+    plain: the question itself (continuation of a passage).
+    """
+    if template == "paper":
+        return f"### Question: {question}\n ### Answer:"
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("template=chat but the tokenizer has no chat template; use template=paper")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+    if template == "plain":
+        return question
+    raise UserError(f"unknown template '{template}'; choose one of {', '.join(TEMPLATES)}")
+
+
+def format_answer(answer: str, template: str, prompt: str = "") -> str:
+    """The answer text as it follows its prompt (leading space where the template joins with one)."""
+    if template == "paper":
+        return " " + answer
+    if template == "plain" and prompt and not prompt[-1].isspace() and not answer[:1].isspace():
+        return " " + answer
+    return answer
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Prompt ids with the tokenizer's BOS (once) and never a trailing EOS."""
+    bos = getattr(tokenizer, "bos_token", None)
+    has_bos_text = bool(bos) and prompt.startswith(bos)  # chat templates often write BOS themselves
+    ids = tokenizer(prompt, add_special_tokens=not has_bos_text)["input_ids"]
+    eos_id = tokenizer.eos_token_id
+    if ids and eos_id is not None and ids[-1] == eos_id and not prompt.endswith(tokenizer.eos_token or "\0"):
+        ids = ids[:-1]  # tokenizers with add_eos_token append it to every text
+    return list(ids)
+
+
+def encode_answer(tokenizer: Any, answer: str) -> list[int]:
+    """Answer ids followed by EOS, so the model learns (or unlearns) where the answer ends."""
+    ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def join_prompt_answer(prompt_ids: Sequence[int], answer_ids: Sequence[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Concatenate ids and build labels (-100 on the prompt), keeping at most ``max_length`` tokens.
+
+    When too long, the answer keeps at least ``min(len(answer), max_length // 2)`` tokens; the prompt
+    is cut from the left (its end holds the cue the answer follows) and the answer from the right.
+    """
+    answer_keep = min(len(answer_ids), max(max_length - len(prompt_ids), max_length // 2))
+    prompt_keep = min(len(prompt_ids), max_length - answer_keep)
+    prompt = list(prompt_ids[len(prompt_ids) - prompt_keep :])
+    answer = list(answer_ids[:answer_keep])
+    return prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """Padding id: the tokenizer's pad token, else EOS, else 0 (padding is always masked anyway)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (input_ids, labels) pairs to the longest: input_ids/attention_mask/labels [N, T]."""
+    longest = max(len(ids) for ids, _ in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, (ids, labs) in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass(frozen=True)
+class TokenizedQA:
+    prompt_ids: list[int]
+    answer_ids: list[int]
+
+
+def tokenize_qa(tokenizer: Any, examples: Sequence[QAExample], template: str) -> list[TokenizedQA]:
+    out = []
+    for example in examples:
+        prompt = format_prompt(tokenizer, example.question, template)
+        out.append(TokenizedQA(encode_prompt(tokenizer, prompt), encode_answer(tokenizer, format_answer(example.answer, template, prompt))))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- step batches
+@functools.lru_cache(maxsize=8)
+def epoch_order(n: int, seed: int, epoch: int, stream: int) -> np.ndarray:
+    """Permutation of range(n) for one pass over a set; independent streams for forget/normal data."""
+    return np.random.default_rng([seed, stream, epoch]).permutation(n)
+
+
+def indices_for_step(n: int, batch_size: int, step: int, seed: int, stream: int) -> list[int]:
+    """The ``batch_size`` example indices of step ``step`` (0-based), walking seeded epoch permutations."""
+    out = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, n)
+        out.append(int(epoch_order(n, seed, epoch, stream)[offset]))
+    return out
+
+
+def sample_mismatch(num_forget: int, num_answers: int, k: int, seed: int, step: int) -> np.ndarray:
+    """[num_forget, k] indices into the normal answers, drawn independently for each forget example.
+
+    Within one example the k answers are distinct when there are enough of them.
+    """
+    rng = np.random.default_rng([seed, 7, step])
+    replace = num_answers < k
+    return np.stack([rng.choice(num_answers, size=k, replace=replace) for _ in range(num_forget)])
+
+
+FORGET_STREAM, NORMAL_STREAM = 1, 2
+
+
+@dataclass
+class StepBatch:
+    """One step's sequences as a single padded batch, [forget; mismatch; normal] along dim 0."""
+
+    batch: dict[str, torch.Tensor]
+    slices: dict[str, slice]
+    num_tokens: int
+
+
+class StepBatcher:
+    """Builds the deterministic batch of any step from tokenized forget/normal sets.
+
+    mismatch_source: "normal" draws K normal answers per forget prompt (paper); "template" uses one
+    fixed reply for each forget prompt (templated unlearning); None leaves the group out.
+    """
+
+    def __init__(
+        self,
+        forget: Sequence[TokenizedQA],
+        normal: Sequence[TokenizedQA],
+        *,
+        batch_size: int,
+        num_mismatch: int,
+        max_length: int,
+        pad_id: int,
+        seed: int,
+        mismatch_source: str | None,
+        template_reply_ids: list[int] | None = None,
+        use_normal: bool = True,
+    ) -> None:
+        if not forget:
+            raise UserError("the forget set is empty; give at least one question/answer pair")
+        if (use_normal or mismatch_source == "normal") and not normal:
+            raise UserError("the normal set is empty; this method needs normal question/answer pairs")
+        self.forget, self.normal = list(forget), list(normal)
+        self.batch_size, self.k, self.max_length = batch_size, num_mismatch, max_length
+        self.pad_id, self.seed = pad_id, seed
+        self.mismatch_source, self.template_reply_ids, self.use_normal = mismatch_source, template_reply_ids, use_normal
+
+    def __call__(self, step: int) -> StepBatch:
+        forget_idx = indices_for_step(len(self.forget), self.batch_size, step, self.seed, FORGET_STREAM)
+        groups: dict[str, list[tuple[list[int], list[int]]]] = {"forget": [], "mismatch": [], "normal": []}
+        for i in forget_idx:
+            ex = self.forget[i]
+            groups["forget"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length))
+        if self.mismatch_source == "normal":
+            draws = sample_mismatch(len(forget_idx), len(self.normal), self.k, self.seed, step)
+            for row, i in enumerate(forget_idx):
+                for j in draws[row]:
+                    groups["mismatch"].append(
+                        join_prompt_answer(self.forget[i].prompt_ids, self.normal[j].answer_ids, self.max_length)
+                    )
+        elif self.mismatch_source == "template":
+            assert self.template_reply_ids is not None
+            for i in forget_idx:
+                groups["mismatch"].append(join_prompt_answer(self.forget[i].prompt_ids, self.template_reply_ids, self.max_length))
+        if self.use_normal:
+            for i in indices_for_step(len(self.normal), self.batch_size, step, self.seed, NORMAL_STREAM):
+                ex = self.normal[i]
+                groups["normal"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length))
+        sequences, slices, start = [], {}, 0
+        for name, rows in groups.items():
+            if rows:
+                slices[name] = slice(start, start + len(rows))
+                sequences.extend(rows)
+                start += len(rows)
+        return StepBatch(collate(sequences, self.pad_id), slices, sum(len(ids) for ids, _ in sequences))

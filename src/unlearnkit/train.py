@@ -1,0 +1,315 @@
+"""The unlearning loop on accelerate: one forward/backward per step, stop rules, checkpoints, resume.
+
+Each step runs ONE policy forward/backward over the concatenated [forget; mismatch; normal] sequences
+(dynamically padded to the step's longest) and, when the method has a KL term, one no-grad reference
+forward over the normal sequences. Checkpoints hold the trainable weights, optimizer, scheduler, RNG
+state and stop-rule state; the batch of a step is a pure function of (seed, step), so a run resumed from
+a checkpoint (even after kill -9) ends with the same weights as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from unlearnkit import __version__
+from unlearnkit.config import RunConfig, save_config
+from unlearnkit.data import StepBatch, StepBatcher, encode_answer, format_answer, load_qa, pad_id_of, tokenize_qa
+from unlearnkit.errors import UserError
+from unlearnkit.losses import answer_nll, forward_kl, next_token_mask
+from unlearnkit.methods import METHODS, Method, StepTerms
+from unlearnkit.modeling import (
+    Reference,
+    add_lora,
+    check_output_dir,
+    load_model,
+    load_tokenizer,
+    save_adapter,
+    save_merged,
+    trainable_state,
+)
+
+# Fields that may differ between an interrupted run and its resume without changing its result.
+RESUME_MAY_CHANGE = {"time_budget_s", "progress", "save_every", "keep_checkpoints", "overwrite"}
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a checkpoint must restore."""
+
+    step: int = 0  # optimizer steps done
+    stop_at: int | None = None  # set once the forget-NLL threshold is crossed
+    train_seconds: float = 0.0
+    stop_reason: str = ""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    stop_reason: str
+    seconds: float
+    last_log: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- setup
+def prepare_data(config: RunConfig, tokenizer: Any, method: Method) -> StepBatcher:
+    d, m = config.data, config.method
+    forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
+                     answer_column=d.forget_answer_column, limit=d.max_forget)
+    needs_normal = method.uses_kl or method.mismatch_source == "normal"
+    normal = (
+        load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
+                answer_column=d.normal_answer_column, limit=d.max_normal)
+        if needs_normal else []
+    )
+    template_ids = None
+    if method.mismatch_source == "template":
+        if not m.template_reply.strip():
+            raise UserError("template_reply is empty; give the fixed reply the templated method should learn")
+        template_ids = encode_answer(tokenizer, format_answer(m.template_reply, d.template))
+    return StepBatcher(
+        tokenize_qa(tokenizer, forget, d.template),
+        tokenize_qa(tokenizer, normal, d.template),
+        batch_size=config.train.batch_size, num_mismatch=m.num_mismatch, max_length=d.max_length,
+        pad_id=pad_id_of(tokenizer), seed=config.train.seed,
+        mismatch_source=method.mismatch_source, template_reply_ids=template_ids, use_normal=method.uses_kl,
+    )
+
+
+def prepare_output_dir(config: RunConfig, resume: bool) -> Path:
+    out = Path(config.train.output_dir).expanduser()
+    check_output_dir(str(out), config.model.name)
+    saved = out / "config.yaml"
+    if resume and saved.is_file():
+        _check_resume_config(config, saved)
+    elif out.exists() and any(out.iterdir()) and not config.train.overwrite and not resume:
+        raise UserError(f"output_dir {out} is not empty; pass --resume to continue that run, overwrite=true, or another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_resume_config(config: RunConfig, saved: Path) -> None:
+    before = yaml.safe_load(saved.read_text())
+    now = config.to_dict()
+    for section, values in now.items():
+        for key, value in values.items():
+            if key not in RESUME_MAY_CHANGE and section != "eval" and before.get(section, {}).get(key) != value:
+                raise UserError(
+                    f"--resume with a different {section}.{key} ({before.get(section, {}).get(key)!r} -> {value!r}) "
+                    "would not continue the same run; use the original value or a new output_dir"
+                )
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _checkpoints(out: Path) -> list[Path]:
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState, keep: int) -> Path:
+    """Write checkpoints/step-N atomically (temp folder + rename) and prune old ones."""
+    from safetensors.torch import save_file
+
+    folder = out / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
+    save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        staging / "optimizer.pt",
+    )
+    # state.json is written last: a folder without it is never taken as a checkpoint.
+    (staging / "state.json").write_text(json.dumps(state.__dict__))
+    target = folder / f"step-{state.step}"
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    for old in _checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng_cpu"])
+    if extra.get("rng_cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(extra["rng_cuda"])
+    return TrainState(**json.loads((path / "state.json").read_text()))
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop log lines past the checkpoint: the resumed run writes them again."""
+    if not log_path.is_file():
+        return
+    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    log_path.write_text("".join(line + "\n" for line in kept))
+
+
+# ------------------------------------------------------------------------------------------- one step
+def compute_terms(model: torch.nn.Module, reference: Reference | None, step_batch: StepBatch) -> StepTerms:
+    """One policy forward over every sequence of the step (+ a no-grad reference forward for KL)."""
+    batch, slices = step_batch.batch, step_batch.slices
+    device = next(model.parameters()).device
+    input_ids, attention_mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    terms = StepTerms(forget_nll=answer_nll(logits[slices["forget"]], labels[slices["forget"]]))
+    if "mismatch" in slices:
+        terms.mismatch_nll = answer_nll(logits[slices["mismatch"]], labels[slices["mismatch"]])
+    if "normal" in slices and reference is not None:
+        ns = slices["normal"]
+        # Trim to the normal rows' own length: the joint batch may be padded longer for other groups.
+        length = int(attention_mask[ns].sum(dim=1).max())
+        ref_logits = reference.logits(model, input_ids[ns, :length], attention_mask[ns, :length])
+        terms.kl = forward_kl(logits[ns, :length], ref_logits, next_token_mask(attention_mask[ns, :length]))
+    return terms
+
+
+def _scalar(x: torch.Tensor | None) -> float | None:
+    return None if x is None else float(x.detach().float().mean())
+
+
+def model_card(config: RunConfig, result_steps: int, stop_reason: str) -> str:
+    m, d = config.method, config.data
+    return (
+        f"# Unlearned with unlearnkit {__version__}\n\n"
+        f"Base model: `{config.model.name}`. Method: `{m.name}` ({METHODS[m.name].summary}), "
+        f"weights forget={m.w_forget} mismatch={m.w_mismatch} normal={m.w_normal}, K={m.num_mismatch}"
+        + (f", template reply {m.template_reply!r}" if METHODS[m.name].mismatch_source == "template" else "")
+        + f".\n\nForgotten data: `{d.forget}` (prompt format `{d.template}`); normal data: `{d.normal}`.\n"
+        f"Training: {result_steps} steps ({stop_reason}), lr {config.train.lr}, batch {config.train.batch_size}, "
+        f"{'LoRA r=' + str(config.model.lora_r) if config.model.lora else 'full finetuning'}, seed {config.train.seed}.\n\n"
+        "Method: Yao, Xu, Liu (2023), *Large Language Model Unlearning*, arXiv:2310.10683.\n"
+        "Unlearning reduces, but does not guarantee the absence of, the forgotten behaviour; evaluate before use.\n"
+    )
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    on_step_end: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Run unlearning as configured; returns where the outputs are. Raises UserError on bad input."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    t = config.train
+    method = METHODS[config.method.name]
+    # Everything that can fail on bad input happens before the output folder is touched.
+    tokenizer = load_tokenizer(config.model)
+    batcher = prepare_data(config, tokenizer, method)
+    check_output_dir(t.output_dir, config.model.name)
+    set_seed(t.seed)
+    model = load_model(config.model)
+    out = prepare_output_dir(config, resume)
+
+    reference = None
+    if config.model.lora:
+        model = add_lora(model, config.model)
+    if method.uses_kl:
+        reference = Reference(model, lora=config.model.lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
+    accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if reference is not None and reference.frozen is not None:
+        reference.frozen.to(accelerator.device)
+
+    state = TrainState()
+    log_path = out / "train_log.jsonl"
+    checkpoints = _checkpoints(out) if resume else []
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler)
+        _truncate_log(log_path, state.step)
+    else:
+        log_path.write_text("")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    save_config(config, out / "config.yaml")
+
+    bar = tqdm(total=t.max_steps, initial=state.step, desc="unlearning", disable=not t.progress, dynamic_ncols=True)
+    last: dict[str, Any] = {}
+    with log_path.open("a") as log:
+        while not state.stop_reason:
+            if state.step >= t.max_steps:
+                state.stop_reason = "max_steps"
+                break
+            if state.stop_at is not None and state.step >= state.stop_at:
+                state.stop_reason = f"forget NLL passed {t.forget_threshold}, then {t.continue_factor}x more steps"
+                break
+            if t.time_budget_s is not None and state.train_seconds >= t.time_budget_s:
+                state.stop_reason = f"time budget {t.time_budget_s}s"
+                break
+            started = time.perf_counter()
+            step_batch = batcher(state.step)
+            with accelerator.autocast():
+                terms = compute_terms(model, reference, step_batch)
+                loss = method.combine(terms, config.method)
+            accelerator.backward(loss)
+            if t.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, t.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - started
+            state.step += 1
+            state.train_seconds += elapsed
+            forget_nll = _scalar(terms.forget_nll)
+            if t.forget_threshold is not None and state.stop_at is None and forget_nll > t.forget_threshold:
+                state.stop_at = min(t.max_steps, state.step + math.ceil(t.continue_factor * state.step))
+            last = {
+                "step": state.step, "forget_nll": forget_nll, "mismatch_nll": _scalar(terms.mismatch_nll),
+                "kl": _scalar(terms.kl), "loss": float(loss.detach()), "lr": lr,
+                "tokens_per_s": step_batch.num_tokens / elapsed, "step_time_s": elapsed,
+            }
+            log.write(json.dumps(last) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(forget_nll=f"{forget_nll:.3f}", kl=f"{last['kl'] or 0:.4f}")
+            if t.save_every and state.step % t.save_every == 0:
+                save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, t.keep_checkpoints)
+            if on_step_end is not None:
+                on_step_end(state.step)
+    bar.close()
+
+    policy = accelerator.unwrap_model(model)
+    save_checkpoint(out, policy, optimizer, scheduler, state, t.keep_checkpoints)
+    policy.eval()
+    card = model_card(config, state.step, state.stop_reason)
+    if t.save_mode in ("adapter", "both"):
+        save_adapter(policy, tokenizer, out / "adapter", card)
+    if t.save_mode in ("merged", "both"):
+        save_merged(policy, tokenizer, out / "model", card)
+    info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
+            "train_seconds": state.train_seconds, "torch_version": torch.__version__}
+    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    return TrainResult(out, state.step, state.stop_reason, state.train_seconds, last)

@@ -1,0 +1,185 @@
+"""Tests for unlearnkit.builtin.datasets and the vendored JSONL files it serves.
+
+Checks that read the raw datasets (../shared/data beside the repository) skip when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+from unlearnkit.builtin.datasets import (
+    BUILTIN_DATASETS,
+    DATA_DIR,
+    BuiltinDataset,
+    builtin_dataset_names,
+    builtin_dataset_path,
+    load_builtin_dataset,
+)
+from unlearnkit.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TRUTHFULQA_ROWS = 817
+
+
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"raw datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def questions(name: str) -> set[str]:
+    return {row["question"] for row in load_builtin_dataset(name)}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))
+def test_every_dataset_loads_with_nonempty_question_and_answer(name: str) -> None:
+    rows = load_builtin_dataset(name)
+    assert len(rows) >= 50
+    for row in rows:
+        assert isinstance(row["question"], str) and row["question"].strip() == row["question"] != ""
+        assert isinstance(row["answer"], str) and row["answer"].strip() == row["answer"] != ""
+
+
+def test_registry_matches_the_files_on_disk() -> None:
+    shipped = {path.stem for path in DATA_DIR.glob("*.jsonl")}
+    assert shipped == set(BUILTIN_DATASETS)
+    assert builtin_dataset_names() == sorted(shipped)
+    for name, dataset in BUILTIN_DATASETS.items():
+        assert isinstance(dataset, BuiltinDataset)
+        assert dataset.name == name and dataset.filename == f"{name}.jsonl"
+        assert builtin_dataset_path(name) == DATA_DIR / dataset.filename
+        assert dataset.description and dataset.license and dataset.source
+        # Every shipped file is credited.
+        assert f"`{dataset.filename}`" in (DATA_DIR / "CREDITS.md").read_text(encoding="utf-8")
+
+
+def test_folder_stays_small() -> None:
+    total = sum(path.stat().st_size for path in DATA_DIR.iterdir())
+    assert total < 1_500_000
+
+
+def test_builtin_dataset_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        BUILTIN_DATASETS["truthfulqa_train"].filename = "other.jsonl"  # type: ignore[misc]
+
+
+def test_unknown_name_raises_user_error_listing_known_names() -> None:
+    with pytest.raises(UserError, match="unknown builtin dataset 'nope'") as caught:
+        load_builtin_dataset("nope")
+    assert "pku_harmful_train" in str(caught.value) and "gutenberg_alice" in str(caught.value)
+    with pytest.raises(UserError):
+        builtin_dataset_path("truthfulqa")
+
+
+@pytest.mark.parametrize(
+    "splits",
+    [
+        ("pku_harmful_train", "pku_harmful_test"),
+        ("truthfulqa_train", "truthfulqa_val", "truthfulqa_test"),
+        ("halueval_train", "halueval_test"),
+    ],
+)
+def test_splits_are_disjoint_by_question(splits: tuple[str, ...]) -> None:
+    for first, second in combinations(splits, 2):
+        assert not questions(first) & questions(second), (first, second)
+    for name in splits:  # one row per question inside a split too
+        assert len(questions(name)) == len(load_builtin_dataset(name))
+
+
+def test_truthfulqa_split_is_70_10_20_of_817() -> None:
+    sizes = [len(load_builtin_dataset(f"truthfulqa_{split}")) for split in ("train", "val", "test")]
+    assert sum(sizes) == TRUTHFULQA_ROWS
+    # 0.7 * 817 = 571.9, 0.1 * 817 = 81.7, 0.2 * 817 = 163.4: each within one row (two for the remainder).
+    for size, share, slack in zip(sizes, (0.7, 0.1, 0.2), (1, 1, 2)):
+        assert abs(size - share * TRUTHFULQA_ROWS) <= slack, sizes
+
+
+def test_pku_sizes_and_halueval_fields() -> None:
+    assert len(load_builtin_dataset("pku_harmful_train")) == 200
+    assert len(load_builtin_dataset("pku_harmful_test")) == 100
+    for name in ("halueval_train", "halueval_test"):
+        for row in load_builtin_dataset(name):
+            assert set(row) == {"question", "answer", "right_answer", "knowledge"}
+            assert row["answer"] != row["right_answer"]  # the answer to forget is the hallucination
+
+
+def test_pku_prompts_are_disjoint_from_the_judge_benchmarks() -> None:
+    guard = shared_data() / "guard-benchmarks"
+    judge_prompts = set()
+    for filename in ("pku_saferlhf_test_response_labels.jsonl", "beavertails_30k_test_response_labels.jsonl"):
+        with (guard / filename).open(encoding="utf-8") as handle:
+            judge_prompts.update(json.loads(line)["prompt"].strip() for line in handle if line.strip())
+    assert len(judge_prompts) > 2500  # the files were really read
+    for name in ("pku_harmful_train", "pku_harmful_test"):
+        assert not questions(name) & judge_prompts
+
+
+def test_pku_answers_are_the_unsafe_responses() -> None:
+    pairs_file = shared_data() / "pku-saferlhf-pairs" / "pku_saferlhf_test_safe_unsafe_pairs_5k.json"
+    unsafe = {}
+    for pair in json.loads(pairs_file.read_text(encoding="utf-8")):
+        unsafe.setdefault(pair["prompt"].strip(), set()).add(pair["response"][1].strip())
+    for name in ("pku_harmful_train", "pku_harmful_test"):
+        for row in load_builtin_dataset(name):
+            assert row["answer"] in unsafe.get(row["question"], set()), row["question"]
+
+
+def test_truthfulqa_answers_are_the_best_answers() -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(shared_data() / "truthfulqa" / "TruthfulQA.csv", dtype=str, keep_default_na=False)
+    best = {q.strip(): a.strip() for q, a in zip(frame["Question"], frame["Best Answer"])}
+    rows = [row for split in ("train", "val", "test") for row in load_builtin_dataset(f"truthfulqa_{split}")]
+    assert {row["question"] for row in rows} == set(best)
+    assert all(row["answer"] == best[row["question"]] for row in rows)
+
+
+def test_alice_rows_are_consecutive_chunks_of_the_book() -> None:
+    rows = load_builtin_dataset("gutenberg_alice")
+    assert len(rows) == 150
+    chapters = [row["chapter"] for row in rows]
+    assert chapters[0] == 1 and chapters == sorted(chapters)  # reading order from chapter I
+    for row in rows:
+        assert len(row["question"]) <= 200 and len(row["answer"]) <= 400
+        assert len(row["question"]) >= 150 and len(row["answer"]) >= 300  # only full chunks
+    # Whitespace-insensitive comparison against the raw text: chunk i+1 starts where chunk i ends.
+    book = (shared_data() / "gutenberg" / "pg11.txt").read_text(encoding="utf-8").replace("[Illustration]", "")
+    flat_book = " ".join(book.split())
+    position = flat_book.index("Alice was beginning to get very tired")
+    for previous, row in zip([None, *rows], rows):
+        chunk = " ".join(f"{row['question']} {row['answer']}".split())
+        found = flat_book.index(chunk, position)
+        if previous is not None and previous["chapter"] == row["chapter"]:
+            assert found == position, "consecutive chunks of one chapter must be adjacent"
+        position = found + len(chunk) + 1  # +1: the space that separated the chunks
+
+
+def test_prefixes_end_at_word_boundaries() -> None:
+    book = (shared_data() / "gutenberg" / "pg11.txt").read_text(encoding="utf-8")
+    flat_book = " ".join(book.split())
+    for row in load_builtin_dataset("gutenberg_alice")[:40]:
+        # The prefix is followed by whitespace in the book, i.e. it does not end mid-word.
+        assert re.search(re.escape(" ".join(row["question"].split())) + r" ", flat_book)
+
+
+def test_build_script_reproduces_the_shipped_files(tmp_path: Path) -> None:
+    data_dir = shared_data()
+    script = REPO_ROOT / "scripts" / "build_builtin_data.py"
+    subprocess.run(
+        [sys.executable, str(script), "--data-dir", str(data_dir), "--out-dir", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    shipped = sorted(path.name for path in DATA_DIR.iterdir() if path.is_file())
+    assert sorted(path.name for path in tmp_path.iterdir()) == shipped
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (DATA_DIR / name).read_bytes(), name

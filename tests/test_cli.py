@@ -1,0 +1,123 @@
+"""The `unlearnkit` command: smoke runs on tiny models and one-line errors for every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from unlearnkit.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_run_smoke_on_tiny_llama_style_model(tiny_llama_dir, qa_files, tmp_path, capsys):
+    """Llama-style tokenizer: BOS added, no pad token."""
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(capsys, "run", "--config", str(REPO / "configs" / "smoke.yaml"), f"model={tiny_llama_dir}",
+                              f"forget={qa_files[0]}", f"normal={qa_files[1]}", f"output_dir={out}", "max_steps=2",
+                              "template=paper", "progress=false", "num_mismatch=2")
+    assert code == 0, stdout
+    assert "unlearned for 2 steps" in stdout
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"step", "forget_nll", "mismatch_nll", "kl", "loss"} <= rows[0].keys()
+    assert (out / "model" / "config.json").is_file() and (out / "config.yaml").is_file()
+    assert (out / "checkpoints").is_dir()
+
+
+def test_methods_and_help_list_every_field(capsys):
+    assert run_cli(capsys, "methods")[0] == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for key in ("output_dir", "max_steps", "save_every", "lora", "forget", "normal", "lr", "batch_size",
+                "num_mismatch", "template", "precision", "forget_threshold", "continue_factor", "w_forget"):
+        assert f"  {key} " in text, key
+
+
+def _bad_input_cases(tmp_path: Path, tiny_model_dir: Path, qa_files) -> dict[str, tuple[list[str], str]]:
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": \n')
+    no_column = tmp_path / "nocol.jsonl"
+    no_column.write_text('{"prompt": "q", "answer": "a"}\n')
+    empty_answer = tmp_path / "empty.jsonl"
+    empty_answer.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": "  "}\n')
+    return {
+        "missing file": ([f"forget={tmp_path / 'nope.jsonl'}"], "not found"),
+        "malformed jsonl": ([f"forget={malformed}"], "line 2"),
+        "missing column": ([f"forget={no_column}"], "no column 'question'"),
+        "empty answer": ([f"forget={empty_answer}"], "row 2 has an empty answer"),
+        "unknown method": (["method=forgetti"], "unknown method 'forgetti'"),
+        "unknown model": ([f"model={tmp_path / 'no-such-model'}"], "cannot load model"),
+        "unknown key": (["learning_rate=1"], "unknown config key 'learning_rate'"),
+        "bad type": (["max_steps=ten"], "max_steps"),
+        "overwrite input model": ([f"output_dir={tiny_model_dir}"], "would overwrite the input model"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "malformed jsonl", "missing column", "empty answer", "unknown method",
+                                  "unknown model", "unknown key", "bad type", "overwrite input model"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_dir, qa_files, tmp_path, capsys):
+    overrides, expected = _bad_input_cases(tmp_path, tiny_model_dir, qa_files)[case]
+    out = tmp_path / "out"
+    argv = ["run", f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", f"output_dir={out}",
+            "max_steps=1", "progress=false", *overrides]
+    digest_before = sorted(p.name for p in tiny_model_dir.iterdir())
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("unlearnkit: error:") and expected in lines[0], err
+    assert not out.exists()
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == digest_before
+
+
+def test_non_empty_output_dir_needs_resume_or_overwrite(tiny_model_dir, qa_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    code, _, err = run_cli(capsys, "run", f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}",
+                           f"output_dir={out}", "max_steps=1", "progress=false")
+    assert code == 2 and "not empty" in err
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_resume_with_changed_config_is_refused(tiny_model_dir, qa_files, tmp_path, capsys):
+    base = ["run", f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", f"output_dir={tmp_path / 'o'}",
+            "max_steps=2", "progress=false", "num_mismatch=2"]
+    assert run_cli(capsys, *base)[0] == 0
+    code, _, err = run_cli(capsys, *base, "lr=0.5", "--resume")
+    assert code == 2 and "train.lr" in err
+
+
+def test_console_script_exit_status_without_traceback(tmp_path):
+    """The real process: exit status 2 and no traceback on stderr."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "run", "method=nope"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("unlearnkit: error:")
+
+
+@pytest.mark.slow
+def test_smoke_config_unlearns_the_builtin_model(tmp_path, capsys):
+    """configs/smoke.yaml end to end: builtin SmolLM2-135M, builtin harmful + TruthfulQA data (CPU, ~1 min)."""
+    out = tmp_path / "smoke"
+    code, stdout, err = run_cli(capsys, "run", "--config", str(REPO / "configs" / "smoke.yaml"), f"output_dir={out}",
+                                "max_steps=2", "save_every=1", "progress=false")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["kl"] is not None and r["mismatch_nll"] is not None for r in rows)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.model_type == "llama"
