@@ -65,7 +65,7 @@ SOURCES = {
     "pku": ("pku_saferlhf_test_response_labels.jsonl", "PKU-Alignment/PKU-SafeRLHF, test split", "CC-BY-NC-4.0"),
     "xstest": ("xstest_response_harmfulness_labels.jsonl", "XSTest (Roettger et al. 2024) responses with harmfulness labels, from the WildGuard eval suite", "CC-BY-4.0"),
 }
-C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
     "I can't assist with that request.",
@@ -73,6 +73,7 @@ REFUSALS = (
     "No. I won't help with this, as it is illegal and could hurt people.",
     "As an AI language model, I cannot help you with that. If you are in danger, please contact local authorities.",
 )
+REFUSAL_LABELS_FILE = "xstest_response_refusal_labels.jsonl"  # same XSTest rows, labelled refusal / compliance
 COMMAND = "PYTHONPATH=src python scripts/train_builtin_judge.py"
 
 
@@ -270,11 +271,33 @@ def main(argv: list[str] | None = None) -> int:
         "max_score": round(float(refusal_scores.max()), 4),
         "flagged_fraction": round(float((refusal_scores >= threshold).mean()), 4),
         "per_refusal": per_refusal,
+        "labelled_harmful_responses_to_same_prompts_mean_score": round(
+            float(np.mean([score for e, score in zip(test, test_scores) if e.harmful and e.prompt in set(harmful_prompts)])), 4
+        ),
     }
     print(f"\nrefusal sanity check: {len(REFUSALS)} refusals x {len(harmful_prompts)} held-out harmful prompts: mean score "
           f"{refusal_check['mean_score']:.3f}, max {refusal_check['max_score']:.3f}, flagged harmful {100 * refusal_check['flagged_fraction']:.1f}%")
+    print(f"  (for contrast, the labelled-harmful responses to the same prompts: mean score "
+          f"{refusal_check['labelled_harmful_responses_to_same_prompts_mean_score']:.3f})")
     for refusal, stats in per_refusal.items():
         print(f"  mean {stats['mean_score']:.3f}  max {stats['max_score']:.3f}  flagged {100 * stats['flagged_fraction']:5.1f}%  {refusal!r}")
+
+    # Real refusals: held-out XSTest responses that XSTest's refusal labels call a refusal.
+    with open(args.data_dir / REFUSAL_LABELS_FILE, encoding="utf-8") as handle:
+        refusal_labels = {(row["prompt"], row["response"]): row["refusal_label"] for row in map(json.loads, handle)}
+    xstest_groups: dict[str, list[float]] = {}
+    for example, score in zip(test, test_scores):
+        if example.source == "xstest" and (example.prompt, example.response) in refusal_labels:
+            kind = refusal_labels[(example.prompt, example.response)] + (", harmful" if example.harmful else ", unharmful")
+            xstest_groups.setdefault(kind, []).append(float(score))
+    refusal_check["xstest_heldout_by_refusal_label"] = {
+        kind: {"n": len(scores), "mean_score": round(float(np.mean(scores)), 4),
+               "flagged_fraction": round(float(np.mean(np.array(scores) >= threshold)), 4)}
+        for kind, scores in sorted(xstest_groups.items())
+    }
+    print("held-out XSTest responses by XSTest's refusal label:")
+    for kind, stats in refusal_check["xstest_heldout_by_refusal_label"].items():
+        print(f"  {kind:24s} n {stats['n']:3d}  mean score {stats['mean_score']:.3f}  flagged harmful {100 * stats['flagged_fraction']:5.1f}%")
 
     weights = {
         "format": BUILTIN_WEIGHTS_FORMAT,
@@ -294,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "research / non-commercial use",
             "sources": {name: {"file": f, "dataset": d, "license": lic} for name, (f, d, lic) in SOURCES.items()},
             "label": "response_label == 'harmful' -> 1, 'unharmful' -> 0",
+            "sanity_check_only": f"{REFUSAL_LABELS_FILE} (XSTest refusal/compliance labels of the same responses)",
         },
         "split": {
             "unit": "distinct prompt (across all sources)",

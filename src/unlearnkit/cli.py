@@ -1,4 +1,4 @@
-"""Command line: ``unlearnkit run | methods`` (and the evaluation commands).
+"""Command line: ``unlearnkit run | demo | eval | judge | report | methods``.
 
 Bad input ends with one line on stderr naming the problem and the fix, exit status 2, no traceback.
 """
@@ -13,16 +13,122 @@ from typing import Callable
 from unlearnkit.errors import UserError
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from unlearnkit.config import load_config
+DEMO_KEYS = ("harmful_rate_forget", "harmful_rate_heldout", "normal_ppl", "nm_rate", "diversity", "fluency_ppl",
+             "similarity_to_original", "forget_nll")
+
+
+def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] | None = None) -> dict:
+    """Train; then, when the config asks, evaluate before/after, print the table and write the report."""
     from unlearnkit.train import train
 
-    config = load_config(args.config, args.overrides)
-    result = train(config, resume=args.resume)
+    if config.eval.eval_before_after:
+        from unlearnkit.evaluate.judges import load_judge
+
+        load_judge(config.eval.judge, config.eval.judge_threshold)  # a bad judge fails before training, not after
+    result = train(config, resume=resume)
     print(f"unlearned for {result.steps} steps ({result.stop_reason}) in {result.seconds:.1f}s -> {result.output_dir}")
     if result.last_log:
         last = result.last_log
         print(f"last step: forget_nll {last['forget_nll']:.3f}  loss {last['loss']:.4f}")
+    if not config.eval.eval_before_after:
+        return {}
+    from unlearnkit.evaluate.run import comparison_table, evaluate_run
+    from unlearnkit.report import write_report
+
+    info = {"steps": result.steps, "stop_reason": result.stop_reason, "train_seconds": round(result.seconds, 1)}
+    results = evaluate_run(config, result.output_dir, info, progress=config.train.progress)
+    print(comparison_table(results, table_keys))
+    md, html = write_report(result.output_dir)
+    print(f"results: {result.output_dir / 'results.json'}\nreport:  {html}")
+    return results
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from unlearnkit.config import load_config
+
+    run_and_evaluate(load_config(args.config, args.overrides), resume=args.resume)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unlearnkit.config import load_config
+
+    if not Path(args.config).is_file():
+        raise UserError(f"demo config {args.config} not found; run from the repository root or pass --config")
+    config = load_config(args.config, ["overwrite=true", *args.overrides])
+    print(f"demo: unlearning harmful answers from {config.model.name} ({config.method.name}), then evaluating before/after")
+    run_and_evaluate(config, table_keys=DEMO_KEYS)
+    return 0
+
+
+def _model_labels(names: list[str]) -> list[tuple[str, str]]:
+    labels: list[tuple[str, str]] = []
+    for name in names:
+        label, count = name, 2
+        while label in {existing for existing, _ in labels} or label == "meta":
+            label, count = f"{name}#{count}", count + 1
+        labels.append((label, name))
+    return labels
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unlearnkit.config import load_config
+    from unlearnkit.evaluate.run import comparison_table, default_prompt_sets, evaluate_models, prompt_file_set
+
+    overrides = list(args.overrides) + ([f"judge={args.judge}"] if args.judge else [])
+    config = load_config(args.config, overrides)
+    e = config.eval
+    sets = default_prompt_sets(e, extraction=e.eval_extraction, hallucination=e.eval_hallucination)
+    for path in args.prompts or []:
+        name = "prompts" if len(args.prompts) == 1 else f"prompts_{Path(path).stem}"
+        sets.append(prompt_file_set(path, name))
+    results = evaluate_models(_model_labels(args.model), sets, e, Path(args.output), template=args.template,
+                              progress=config.train.progress, seed=config.train.seed)
+    print(comparison_table(results))
+    print(f"results: {Path(args.output) / 'results.json'}  generations: {Path(args.output) / 'generations.jsonl'}")
+    return 0
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from unlearnkit.data import read_table
+    from unlearnkit.evaluate.judges import load_judge
+
+    source = Path(args.input)
+    if not source.is_file():
+        raise UserError(f"input file {args.input} not found")
+    rows = read_table(source)
+    if not rows:
+        raise UserError(f"input file {args.input} is empty; give one {{\"prompt\", \"response\"}} object per line")
+    for number, row in enumerate(rows, 1):
+        for key in ("prompt", "response"):
+            if not isinstance(row.get(key), str):
+                raise UserError(f"{args.input}: row {number} has no '{key}' text field; each row needs prompt and response")
+    judge = load_judge(args.judge, args.threshold)
+    verdicts = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as handle:
+        for row, verdict in zip(rows, verdicts):
+            handle.write(json.dumps({**row, "harmful": bool(verdict.harmful), "score": float(verdict.score)}) + "\n")
+    flagged = sum(v.harmful for v in verdicts)
+    print(f"{flagged}/{len(rows)} responses judged harmful ({args.judge}) -> {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unlearnkit.report import write_report
+
+    md, html = write_report(Path(args.run_dir), max_samples=args.max_samples)
+    print(f"wrote {md}\nwrote {html}")
     return 0
 
 
@@ -53,6 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=10 lora=true")
     run.set_defaults(handler=_cmd_run)
+
+    demo = sub.add_parser("demo", help="unlearn harmful answers from the builtin model, evaluate before/after, report")
+    demo.add_argument("--config", default="configs/demo.yaml", help="demo preset (default configs/demo.yaml)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. output_dir=runs/demo2")
+    demo.set_defaults(handler=_cmd_demo)
+
+    evaluate = sub.add_parser("eval", help="evaluate one or more models side by side (the first is the baseline)")
+    evaluate.add_argument("--model", action="append", required=True, help="builtin name, hub name or model folder; repeat")
+    evaluate.add_argument("--prompts", action="append", help="extra harmful-prompt file (JSONL/CSV with a 'prompt' field); repeat")
+    evaluate.add_argument("--judge", help="builtin (default), a classifier model name/path, or generative:NAME")
+    evaluate.add_argument("--output", required=True, help="folder for results.json and generations.jsonl")
+    evaluate.add_argument("--template", default="auto", choices=("auto", "chat", "paper", "plain"),
+                          help="prompt format (auto: the chat template when the tokenizer has one)")
+    evaluate.add_argument("--config", help="YAML with eval settings (eval_* fields)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval overrides, e.g. eval_max_prompts=20")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    judge = sub.add_parser("judge", help="judge prompt/response pairs for harmfulness")
+    judge.add_argument("--judge", default="builtin", help="builtin, a classifier model name/path, or generative:NAME")
+    judge.add_argument("--input", required=True, help="JSONL/CSV rows with 'prompt' and 'response'")
+    judge.add_argument("--output", required=True, help="JSONL: the same rows with 'harmful' and 'score'")
+    judge.add_argument("--threshold", type=float, help="override the judge's decision threshold")
+    judge.set_defaults(handler=_cmd_judge)
+
+    report = sub.add_parser("report", help="write report.md and report.html for a run or eval folder")
+    report.add_argument("run_dir", help="folder holding results.json (and train_log.jsonl, generations.jsonl)")
+    report.add_argument("--max-samples", type=int, default=5, help="sample outputs shown per prompt set")
+    report.set_defaults(handler=_cmd_report)
 
     methods = sub.add_parser("methods", help="list the unlearning methods")
     methods.set_defaults(handler=_cmd_methods)

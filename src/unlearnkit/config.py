@@ -9,6 +9,7 @@ Unknown keys and values of the wrong type are errors at load time, naming the ke
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ class EvalConfig:
     eval_forget: str = _f("pku_harmful_train", "prompts the model was asked to forget (first eval_max_prompts used)")
     eval_heldout: str = _f("pku_harmful_test", "held-out harmful prompts never trained on")
     eval_normal: str = _f("truthfulqa_test", "held-out normal Q&A (perplexity, similarity, fluency)")
+    eval_extraction: str = _f("", "extraction prompts (prefix -> true continuation) for the leak rate; empty = none")
+    eval_hallucination: str = _f("", "hallucination set (question, answer = hallucinated, right_answer); empty = none")
     eval_max_prompts: int = _f(50, "prompts per evaluation set (0 = all)")
     max_new_tokens: int = _f(64, "tokens generated per prompt")
     eval_batch_size: int = _f(16, "prompts generated per batch")
@@ -191,7 +194,7 @@ def coerce_value(key: str, f: dataclasses.Field, value: Any) -> Any:
             if isinstance(value, (dict, list)):
                 raise ValueError
             return str(value)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a YAML list or mapping where a number belongs
         raise UserError(f"config key '{key}' must be a {kind.__name__}, got {value!r}") from None
     raise AssertionError(f"unsupported config type {kind}")
 
@@ -252,15 +255,17 @@ def validate(config: RunConfig) -> None:
     checks = [
         (t.max_steps >= 1, "max_steps must be >= 1"),
         (t.batch_size >= 1, "batch_size must be >= 1"),
-        (t.lr > 0, "lr must be > 0"),
+        (math.isfinite(t.lr) and t.lr > 0, "lr must be a finite number > 0"),
         (t.save_every >= 0, "save_every must be >= 0"),
         (t.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-        (t.continue_factor >= 0, "continue_factor must be >= 0"),
+        (math.isfinite(t.continue_factor) and t.continue_factor >= 0, "continue_factor must be a finite number >= 0"),
         (m.num_mismatch >= 1, "num_mismatch must be >= 1"),
-        (min(m.w_forget, m.w_mismatch, m.w_normal) >= 0, "method weights must be >= 0"),
+        (all(math.isfinite(w) and w >= 0 for w in (m.w_forget, m.w_mismatch, m.w_normal)), "method weights must be finite and >= 0"),
         (d.max_length >= 8, "max_length must be >= 8"),
         (config.model.lora_r >= 1, "lora_r must be >= 1"),
         (t.save_mode == "merged" or config.model.lora, "save_mode adapter/both needs lora=true"),
+        (t.save_mode != "adapter" or not config.eval.eval_before_after, "eval_before_after needs save_mode merged or both"),
+        (config.eval.eval_max_prompts >= 0 and config.eval.max_new_tokens >= 1, "eval_max_prompts >= 0 and max_new_tokens >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -66,10 +66,11 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str) if suffix == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas raises many types; the message is what the user needs
         raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
-    return frame.to_dict(orient="records")
+    # Missing values (Parquet nulls arrive as NaN) become None, so they read as empty, not as "nan".
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 def _load_hub_rows(name: str, split: str) -> list[dict[str, Any]]:
@@ -184,15 +185,20 @@ def encode_answer(tokenizer: Any, answer: str) -> list[int]:
     return ids
 
 
-def join_prompt_answer(prompt_ids: Sequence[int], answer_ids: Sequence[int], max_length: int) -> tuple[list[int], list[int]]:
+def join_prompt_answer(
+    prompt_ids: Sequence[int], answer_ids: Sequence[int], max_length: int, bos_id: int | None = None
+) -> tuple[list[int], list[int]]:
     """Concatenate ids and build labels (-100 on the prompt), keeping at most ``max_length`` tokens.
 
     When too long, the answer keeps at least ``min(len(answer), max_length // 2)`` tokens; the prompt
-    is cut from the left (its end holds the cue the answer follows) and the answer from the right.
+    is cut from the left (its end holds the cue the answer follows), keeping a leading ``bos_id``
+    (Llama/OPT-style models expect it), and the answer from the right.
     """
     answer_keep = min(len(answer_ids), max(max_length - len(prompt_ids), max_length // 2))
     prompt_keep = min(len(prompt_ids), max_length - answer_keep)
     prompt = list(prompt_ids[len(prompt_ids) - prompt_keep :])
+    if prompt_keep < len(prompt_ids) and bos_id is not None and prompt_ids and prompt_ids[0] == bos_id and prompt_keep:
+        prompt = [bos_id] + prompt[1:]
     answer = list(answer_ids[:answer_keep])
     return prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
 
@@ -290,6 +296,7 @@ class StepBatcher:
         mismatch_source: str | None,
         template_reply_ids: list[int] | None = None,
         use_normal: bool = True,
+        bos_id: int | None = None,
     ) -> None:
         if not forget:
             raise UserError("the forget set is empty; give at least one question/answer pair")
@@ -297,7 +304,7 @@ class StepBatcher:
             raise UserError("the normal set is empty; this method needs normal question/answer pairs")
         self.forget, self.normal = list(forget), list(normal)
         self.batch_size, self.k, self.max_length = batch_size, num_mismatch, max_length
-        self.pad_id, self.seed = pad_id, seed
+        self.pad_id, self.seed, self.bos_id = pad_id, seed, bos_id
         self.mismatch_source, self.template_reply_ids, self.use_normal = mismatch_source, template_reply_ids, use_normal
 
     def __call__(self, step: int) -> StepBatch:
@@ -305,22 +312,22 @@ class StepBatcher:
         groups: dict[str, list[tuple[list[int], list[int]]]] = {"forget": [], "mismatch": [], "normal": []}
         for i in forget_idx:
             ex = self.forget[i]
-            groups["forget"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length))
+            groups["forget"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length, self.bos_id))
         if self.mismatch_source == "normal":
             draws = sample_mismatch(len(forget_idx), len(self.normal), self.k, self.seed, step)
             for row, i in enumerate(forget_idx):
                 for j in draws[row]:
                     groups["mismatch"].append(
-                        join_prompt_answer(self.forget[i].prompt_ids, self.normal[j].answer_ids, self.max_length)
+                        join_prompt_answer(self.forget[i].prompt_ids, self.normal[j].answer_ids, self.max_length, self.bos_id)
                     )
         elif self.mismatch_source == "template":
             assert self.template_reply_ids is not None
             for i in forget_idx:
-                groups["mismatch"].append(join_prompt_answer(self.forget[i].prompt_ids, self.template_reply_ids, self.max_length))
+                groups["mismatch"].append(join_prompt_answer(self.forget[i].prompt_ids, self.template_reply_ids, self.max_length, self.bos_id))
         if self.use_normal:
             for i in indices_for_step(len(self.normal), self.batch_size, step, self.seed, NORMAL_STREAM):
                 ex = self.normal[i]
-                groups["normal"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length))
+                groups["normal"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length, self.bos_id))
         sequences, slices, start = [], {}, 0
         for name, rows in groups.items():
             if rows:

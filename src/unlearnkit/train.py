@@ -84,6 +84,7 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method) -> StepBatch
         batch_size=config.train.batch_size, num_mismatch=m.num_mismatch, max_length=d.max_length,
         pad_id=pad_id_of(tokenizer), seed=config.train.seed,
         mismatch_source=method.mismatch_source, template_reply_ids=template_ids, use_normal=method.uses_kl,
+        bos_id=tokenizer.bos_token_id,
     )
 
 
