@@ -52,6 +52,8 @@ class DataConfig:
     forget_answer_column: str = _f("answer", "column of the forget set holding the answer to forget")
     normal_question_column: str = _f("question", "column of the normal set holding the prompt")
     normal_answer_column: str = _f("answer", "column of the normal set holding the answer")
+    forget_where: str = _f("", "keep forget rows matching column=value[,column=value] (e.g. is_response_0_safe=false)")
+    normal_where: str = _f("", "keep normal rows matching column=value[,column=value]")
     max_forget: int = _f(0, "use at most this many forget examples (0 = all)")
     max_normal: int = _f(0, "use at most this many normal examples (0 = all)")
     template: str = _f("paper", "prompt format", choices=("paper", "chat", "plain"))

@@ -74,16 +74,18 @@ def read_table(path: Path) -> list[dict[str, Any]]:
 
 
 def _load_hub_rows(name: str, split: str) -> list[dict[str, Any]]:
+    """Rows of a hub dataset ``owner/name`` or ``owner/name:subset`` (e.g. truthfulqa/truthful_qa:generation)."""
     import datasets
 
+    name, _, subset = name.partition(":")
     try:
-        return list(datasets.load_dataset(name, split=split))
+        return list(datasets.load_dataset(name, subset or None, split=split))
     except Exception as exc:  # network, missing dataset, bad split: one line is enough
         raise UserError(f"cannot load hub dataset '{name}' (split {split}): {str(exc).splitlines()[0]}") from None
 
 
 def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
-    """Rows from a builtin dataset name, a local file, or a hub dataset (``hf:NAME`` or ``owner/name``)."""
+    """Rows from a builtin dataset name, a local file, or a hub dataset (``hf:NAME[:SUBSET]`` or ``owner/name``)."""
     from unlearnkit.builtin.datasets import BUILTIN_DATASETS, load_builtin_dataset
 
     if source in BUILTIN_DATASETS:
@@ -110,14 +112,17 @@ def load_qa(
     question_column: str = "question",
     answer_column: str = "answer",
     limit: int = 0,
+    where: str = "",
 ) -> list[QAExample]:
     """Question/answer pairs from ``source``; every row must have a non-empty answer.
 
+    ``where`` keeps only rows matching ``column=value[,column=value]`` (text comparison, case-insensitive),
+    e.g. ``is_response_0_safe=false`` to take PKU-SafeRLHF's unsafe responses.
     Raises UserError naming the file and row for a missing column or an empty answer.
     """
-    rows = load_rows(source, split)
+    rows = filter_rows(load_rows(source, split), where, source)
     if not rows:
-        raise UserError(f"dataset {source} has no rows")
+        raise UserError(f"dataset {source} has no rows" + (f" matching {where}" if where else ""))
     examples = []
     for number, row in enumerate(rows, start=1):
         for column in (question_column, answer_column):
@@ -133,6 +138,22 @@ def load_qa(
         if limit and len(examples) >= limit:
             break
     return examples
+
+
+def filter_rows(rows: list[dict[str, Any]], where: str, source: str) -> list[dict[str, Any]]:
+    """Rows whose columns equal the ``column=value`` conditions of ``where`` (comma-separated; all must hold)."""
+    if not where.strip():
+        return rows
+    conditions = []
+    for part in where.split(","):
+        column, sep, value = part.partition("=")
+        if not sep or not column.strip():
+            raise UserError(f"filter '{where}' is not column=value[,column=value]")
+        conditions.append((column.strip(), value.strip().lower()))
+    for column, _ in conditions:
+        if rows and column not in rows[0]:
+            raise UserError(f"{source}: filter column '{column}' not found (columns: {', '.join(map(str, rows[0]))})")
+    return [r for r in rows if all(str(r.get(c)).strip().lower() == v for c, v in conditions)]
 
 
 # ----------------------------------------------------------------------------------------------- prompts

@@ -57,6 +57,11 @@ def _ga_mismatch_kl(t: StepTerms, c: MethodConfig) -> torch.Tensor:
     return _ga_mismatch(t, c) + c.w_normal * t.kl
 
 
+def _finetune(t: StepTerms, c: MethodConfig) -> torch.Tensor:
+    """Plain gradient DEscent on the forget set: plants memorized text (copyright scenario set-up)."""
+    return t.forget_nll.mean()
+
+
 METHODS: dict[str, Method] = {
     "ga": Method(_ga, None, False, "gradient ascent on forget answers only"),
     "ga_mismatch": Method(_ga_mismatch, "normal", False, "gradient ascent + random normal answers to forget prompts"),
@@ -65,4 +70,5 @@ METHODS: dict[str, Method] = {
     "templated": Method(
         _ga_mismatch_kl, "template", True, "GA + a fixed reply (template_reply) as the forget prompts' target + KL"
     ),
+    "finetune": Method(_finetune, None, False, "NOT unlearning: learn the forget set (to plant memorized text for the copyright scenario)"),
 }

