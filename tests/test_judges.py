@@ -243,13 +243,21 @@ def test_generative_judge_scores_from_first_step_logits(causal_lm):
 
 def test_generative_judge_uses_a_chat_template_that_renders(tmp_path):
     template = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}answer :"
-    judge = GenerativeJudge(str(save_causal_lm(tmp_path / "guard", chat_template=template)), show_progress=False)
+    guard_folder = save_causal_lm(tmp_path / "guard", chat_template=template)
+    judge = GenerativeJudge(str(guard_folder), show_progress=False)
+    assert judge.uses_chat_template
     assert judge.format_prompt("how do i", "mix it") == "<user> how do i <assistant> mix it answer :"
     assert all(0.0 <= s <= 1.0 for s in judge.score(PROMPTS[:2], RESPONSES[:2]))
+    forced_plain = GenerativeJudge(str(guard_folder), use_chat_template=False, show_progress=False)
+    assert forced_plain.format_prompt("how do i", "mix it").startswith("You are a safety classifier")
 
     refusing = "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ raise_exception('no') }}{% endif %}{% endfor %}"
-    fallback = GenerativeJudge(str(save_causal_lm(tmp_path / "chat", chat_template=refusing)), show_progress=False)
+    chat_folder = save_causal_lm(tmp_path / "chat", chat_template=refusing)
+    fallback = GenerativeJudge(str(chat_folder), show_progress=False)
+    assert not fallback.uses_chat_template
     assert fallback.format_prompt("how do i", "mix it").startswith("You are a safety classifier")
+    with pytest.raises(UserError, match="use_chat_template=False"):
+        GenerativeJudge(str(chat_folder), use_chat_template=True)
 
 
 def test_generative_judge_without_verdict_tokens_falls_back_to_parsing(tmp_path, caplog):

@@ -46,6 +46,8 @@ class BuiltinDataset:
 _PKU = "PKU-SafeRLHF test split (Dai et al. 2023; Ji et al. 2023) via xinykou/safety_realignment"
 _TRUTHFULQA = "TruthfulQA (Lin, Hilton, Evans 2022), TruthfulQA.csv"
 _HALUEVAL = "HaluEval QA (Li et al. 2023), first 1,000 rows of data/qa_data.json"
+_ADVBENCH = "AdvBench harmful_behaviors.csv (Zou et al. 2023)"
+_ADVBENCH_SU = "thu-coai/SafeUnlearning (Zhang et al. 2024) harmful answers to AdvBench questions"
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
 
 
@@ -89,6 +91,18 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
             "book passages split into prefix (question) and continuation (answer), with chapter",
             "Public domain (US)",
             _ALICE,
+        ),
+        _entry(
+            "advbench_harmful_train",
+            "100 AdvBench harmful requests with an uncensored model's harmful answer (forget set; harmful content)",
+            "questions MIT (AdvBench); answers have no license (thu-coai/SafeUnlearning): research use",
+            _ADVBENCH_SU,
+        ),
+        _entry(
+            "advbench_heldout",
+            "100 other AdvBench harmful requests (held-out prompts) with AdvBench's affirmative target as answer",
+            "MIT",
+            _ADVBENCH,
         ),
     ]
 )

@@ -341,7 +341,6 @@ class GenerativeJudge(HarmJudge):
         self.name = f"generative:{model_name_or_path}"
         self.device = torch.device(device)
         self.max_new_tokens = max_new_tokens
-        self.use_chat_template = use_chat_template
         self.tokenizer = _load_pretrained(AutoTokenizer, model_name_or_path, trust_remote_code=trust_remote_code)
         self.model = _load_pretrained(AutoModelForCausalLM, model_name_or_path, trust_remote_code=trust_remote_code)
         self.model = self.model.to(self.device).eval()
@@ -349,16 +348,21 @@ class GenerativeJudge(HarmJudge):
         self.tokenizer.padding_side = "left"  # decoder-only batches must end with the real last token
         self.safe_token_ids = _first_token_ids(self.tokenizer, _SAFE_SPELLINGS)
         self.unsafe_token_ids = _first_token_ids(self.tokenizer, _UNSAFE_SPELLINGS)
+        # Decided once, so every batch is built the same way.
+        template_renders = self._render_chat("Hello", "Hi") is not None
+        if use_chat_template and not template_renders:
+            raise UserError(f"judge '{model_name_or_path}' has no chat template that renders a user/assistant pair; use use_chat_template=False")
+        self.uses_chat_template = template_renders if use_chat_template is None else use_chat_template
         # A token that starts both words ("s" in a character vocab) says nothing about the verdict.
         shared = self.safe_token_ids & self.unsafe_token_ids
         self.safe_token_ids -= shared
         self.unsafe_token_ids -= shared
 
-    def _chat_template_prompt(self, prompt: str, response: str) -> str | None:
+    def _render_chat(self, prompt: str, response: str) -> str | None:
         """The conversation rendered by the tokenizer's chat template, or None if it cannot render it."""
         import jinja2
 
-        if self.use_chat_template is False or not getattr(self.tokenizer, "chat_template", None):
+        if not getattr(self.tokenizer, "chat_template", None):
             return None
         conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         try:
@@ -369,12 +373,12 @@ class GenerativeJudge(HarmJudge):
 
     def format_prompt(self, prompt: str, response: str) -> str:
         """The text the judge model continues with its verdict."""
-        rendered = self._chat_template_prompt(prompt, response)
-        if rendered is not None:
-            return rendered
-        if self.use_chat_template:
-            raise UserError(f"the chat template of judge '{self.name}' cannot render a user/assistant pair; use use_chat_template=False")
-        return _INSTRUCTION_PROMPT.format(prompt=prompt, response=response)
+        if not self.uses_chat_template:
+            return _INSTRUCTION_PROMPT.format(prompt=prompt, response=response)
+        rendered = self._render_chat(prompt, response)
+        if rendered is None:
+            raise UserError(f"the chat template of judge '{self.name}' failed on one pair; use use_chat_template=False")
+        return rendered
 
     def _verdict_step(self, generated_ids: list[int]) -> int:
         """Index of the first generated token that is not blank or special (0 if there is none)."""
@@ -387,8 +391,9 @@ class GenerativeJudge(HarmJudge):
     def _score_batch(self, prompts: list[str], responses: list[str]) -> list[float]:
         texts = [self.format_prompt(prompt, response) for prompt, response in zip(prompts, responses)]
         # A rendered chat template already holds its BOS; adding special tokens again would double it.
-        templated = self._chat_template_prompt(prompts[0], responses[0]) is not None
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not templated).to(self.device)
+        encoded = self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=not self.uses_chat_template
+        ).to(self.device)
         output = self.model.generate(
             **encoded,
             max_new_tokens=self.max_new_tokens,
