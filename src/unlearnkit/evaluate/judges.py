@@ -46,6 +46,7 @@ __all__ = [
     "JudgeVerdict",
     "builtin_features",
     "load_judge",
+    "minilm_embed",
     "parse_safety_verdict",
     "resolve_harmful_label",
 ]
