@@ -1,7 +1,7 @@
 """Train the builtin harm judge (all-MiniLM-L6-v2 embeddings + logistic regression) and measure it.
 
 Labelled data: response-level harm labels of BeaverTails (30k_test), PKU-SafeRLHF (test) and XSTest
-(response harmfulness), as staged in /work/shared/data/guard-benchmarks (see its SOURCE.txt).
+(response harmfulness), as staged in ../shared/data/guard-benchmarks (see its SOURCE.txt).
 
 Protocol (all seeded):
 1. Split the distinct prompts (all sources together: 98 prompts occur in both BeaverTails and
@@ -274,7 +274,7 @@ def flag_summary(scores: np.ndarray, threshold: float) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=Path("/work/shared/data"), help="holds guard-benchmarks/, halueval/, truthfulqa/, tofu/")
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data", help="holds guard-benchmarks/, halueval/, truthfulqa/, tofu/")
     parser.add_argument("--out", type=Path, default=BUILTIN_JUDGE_WEIGHTS)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/unlearnkit_judge_cache"))
     parser.add_argument("--seed", type=int, default=0)
