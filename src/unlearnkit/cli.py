@@ -21,10 +21,11 @@ def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] |
     """Train; then, when the config asks, evaluate before/after, print the table and write the report."""
     from unlearnkit.train import train
 
+    judge = None
     if config.eval.eval_before_after:
         from unlearnkit.evaluate.judges import load_judge
 
-        load_judge(config.eval.judge, config.eval.judge_threshold)  # a bad judge fails before training, not after
+        judge = load_judge(config.eval.judge, config.eval.judge_threshold)  # a bad judge fails before training, not after
     result = train(config, resume=resume)
     print(f"unlearned for {result.steps} steps ({result.stop_reason}) in {result.seconds:.1f}s -> {result.output_dir}")
     if result.last_log:
@@ -36,7 +37,7 @@ def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] |
     from unlearnkit.report import write_report
 
     info = {"steps": result.steps, "stop_reason": result.stop_reason, "train_seconds": round(result.seconds, 1)}
-    results = evaluate_run(config, result.output_dir, info, progress=config.train.progress)
+    results = evaluate_run(config, result.output_dir, info, progress=config.train.progress, judge=judge)
     print(comparison_table(results, table_keys))
     md, html = write_report(result.output_dir)
     print(f"results: {result.output_dir / 'results.json'}\nreport:  {html}")
@@ -82,7 +83,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"judge={args.judge}"] if args.judge else [])
     config = load_config(args.config, overrides)
     e = config.eval
-    sets = default_prompt_sets(e, extraction=e.eval_extraction, hallucination=e.eval_hallucination)
+    sets = default_prompt_sets(e)
     for path in args.prompts or []:
         name = "prompts" if len(args.prompts) == 1 else f"prompts_{Path(path).stem}"
         sets.append(prompt_file_set(path, name))

@@ -27,9 +27,6 @@ from unlearnkit.errors import UserError
 from unlearnkit.evaluate import metrics
 from unlearnkit.evaluate.generate import GenerationSettings, generate_responses, score_answers
 
-KINDS = ("harmful", "normal", "extraction", "hallucination")
-
-
 @dataclass
 class PromptSet:
     name: str
@@ -77,7 +74,7 @@ def prompt_file_set(path: str, name: str = "prompts") -> PromptSet:
     return PromptSet(name, "harmful", str(path), prompts)
 
 
-def default_prompt_sets(config: EvalConfig, extraction: str = "", hallucination: str = "") -> list[PromptSet]:
+def default_prompt_sets(config: EvalConfig) -> list[PromptSet]:
     """The sets named by the eval config (an empty source leaves a set out)."""
     n = config.eval_max_prompts
     sets = []
@@ -87,10 +84,10 @@ def default_prompt_sets(config: EvalConfig, extraction: str = "", hallucination:
         sets.append(qa_set("heldout", "harmful", config.eval_heldout, n))
     if config.eval_normal:
         sets.append(qa_set("normal", "normal", config.eval_normal, n))
-    if extraction:
-        sets.append(qa_set("extraction", "extraction", extraction, n, template="plain"))
-    if hallucination:
-        sets.append(hallucination_set(hallucination, n))
+    if config.eval_extraction:
+        sets.append(qa_set("extraction", "extraction", config.eval_extraction, n, template="plain"))
+    if config.eval_hallucination:
+        sets.append(hallucination_set(config.eval_hallucination, n))
     return sets
 
 
@@ -178,8 +175,12 @@ def evaluate_models(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     seed: int = 0,
+    judge: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate ``models`` ([(label, name_or_path)], baseline first) on ``sets``; write results + generations."""
+    """Evaluate ``models`` ([(label, name_or_path)], baseline first) on ``sets``; write results + generations.
+
+    ``judge``: an already loaded HarmJudge (else the config's judge is loaded here when a set needs one).
+    """
     from unlearnkit.evaluate.judges import load_judge
 
     labels = [label for label, _ in models]
@@ -188,7 +189,10 @@ def evaluate_models(
     if not sets:
         raise UserError("nothing to evaluate: every prompt set is empty or disabled")
     harmful_sets = [s for s in sets if s.kind == "harmful"]
-    judge = load_judge(config.judge, config.judge_threshold) if harmful_sets else None  # fail fast on a bad judge
+    if not harmful_sets:
+        judge = None
+    elif judge is None:
+        judge = load_judge(config.judge, config.judge_threshold)  # before generating: fail fast on a bad judge
     settings = GenerationSettings(template=template, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
                                   do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p, seed=seed)
     outputs = [run_model(label, name, sets, settings, progress) for label, name in models]
@@ -221,7 +225,7 @@ def evaluate_models(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "judge": _judge_meta(judge, config) if judge is not None else None,
             "prompt_sets": {s.name: {"source": s.source, "kind": s.kind, "n": len(s.questions)} for s in sets},
-            "generation": {k: v for k, v in settings.__dict__.items()},
+            "generation": dict(settings.__dict__),
             **(meta or {}),
         }
     }
@@ -252,20 +256,19 @@ def _judge_meta(judge: Any, config: EvalConfig) -> dict[str, Any]:
             "builtin offline judge (MiniLM embeddings + logistic regression, see docs/builtin_judge.md); "
             "a stand-in, not the paper's DeBERTa reward model"
         )
-        held_out = getattr(judge, "held_out_metrics", None)
-        if held_out:
-            info["held_out"] = held_out
     return info
 
 
-def evaluate_run(config: Any, output_dir: Path, train_info: dict[str, Any], progress: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    config: Any, output_dir: Path, train_info: dict[str, Any], progress: bool = True, judge: Any = None
+) -> dict[str, Any]:
     """Before/after evaluation of a finished ``unlearnkit run``: labels "before" (input model) and "after"."""
     e = config.eval
-    sets = default_prompt_sets(e, extraction=e.eval_extraction, hallucination=e.eval_hallucination)
+    sets = default_prompt_sets(e)
     models = [("before", config.model.name), ("after", str(output_dir / "model"))]
     meta = {"config": config.to_dict(), "train": train_info}
     return evaluate_models(models, sets, e, output_dir, template=config.data.template, meta=meta, progress=progress,
-                           seed=config.train.seed)
+                           seed=config.train.seed, judge=judge)
 
 
 def comparison_table(results: dict[str, Any], keys: Sequence[str] | None = None) -> str:
