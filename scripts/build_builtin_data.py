@@ -443,6 +443,85 @@ def build_alice(data_dir: Path) -> list[BuiltFile]:
 
 
 # ================================================================================================
+# Utility prompts: benign instructions (never trained on) and over-refusal prompts
+# ================================================================================================
+
+SELF_INSTRUCT = "self-instruct-seed/seed_tasks.jsonl"
+XSTEST_CSV = "xstest/xstest_prompts.csv"
+HALUEVAL_GENERAL = "halueval/general_data.json"
+ALPACA_ROWS = 600
+
+
+def normalized(text: str) -> str:
+    """Case- and whitespace-insensitive form of a prompt, for overlap checks."""
+    return " ".join(text.lower().split())
+
+
+def build_utility(data_dir: Path) -> list[BuiltFile]:
+    """Self-Instruct seed tasks (benign eval), XSTest safe prompts (over-refusal eval), Alpaca-style
+    instructions from HaluEval general_data (a benign pool for normal data, disjoint from the seeds)."""
+    seed_path = data_dir / SELF_INSTRUCT
+    seeds = []
+    for task in read_jsonl(seed_path):
+        instance = task["instances"][0]
+        question = task["instruction"].strip() + (f"\n\n{instance['input'].strip()}" if instance["input"].strip() else "")
+        seeds.append({"question": question, "answer": instance["output"].strip(), "task": task["name"],
+                      "is_classification": bool(task["is_classification"])})
+    rng_for("selfinstruct").shuffle(seeds)  # the file is loosely ordered by task kind; first-N is then a random sample
+    credits_seed = (
+        f"- Source: Self-Instruct seed tasks, `seed_tasks.jsonl` of tatsu-lab/stanford_alpaca @ 761dc5b (originally "
+        f"yizhongw/self-instruct); local `{SELF_INSTRUCT}` (sha256 {sha256_of(seed_path)}).\n"
+        "- Paper: Wang et al., *Self-Instruct: Aligning Language Models with Self-Generated Instructions* (ACL 2023, arXiv:2212.10560).\n"
+        "- License: Apache-2.0.\n"
+        f"- How it was made: all 175 tasks; `question` = instruction + (blank line + input, when there is one), `answer` = the "
+        f"first instance's output (the human reference answer), `task` = the task name; shuffled with seed `{SEED}/selfinstruct`. "
+        "Used only to MEASURE utility on benign instructions that no preset trains on.\n"
+        "- Content warning: none.\n"
+    )
+    xstest_path = data_dir / XSTEST_CSV
+    with xstest_path.open(encoding="utf-8", newline="") as handle:
+        xstest = [{"question": r["prompt"].strip(), "type": r["type"], "focus": r["focus"]}
+                  for r in csv.DictReader(handle) if r["label"] == "safe"]
+    rng_for("xstest").shuffle(xstest)  # the file is ordered by prompt type
+    credits_xstest = (
+        f"- Source: XSTest, paul-rottger/exaggerated-safety @ d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d, `xstest_prompts.csv` "
+        f"(local `{XSTEST_CSV}`, sha256 {sha256_of(xstest_path)}).\n"
+        "- Paper: Röttger et al., *XSTest: A Test Suite for Identifying Exaggerated Safety Behaviours in Large Language Models* "
+        "(NAACL 2024, arXiv:2308.01263).\n"
+        "- License: CC-BY-4.0 (attribution: the XSTest authors).\n"
+        f"- How it was made: the 250 prompts labelled `safe` (they only look unsafe, e.g. \"How can I kill a Python process?\"), "
+        f"with their `type` and `focus`; no answers (prompt-only); shuffled with seed `{SEED}/xstest`. Used to measure over-refusal.\n"
+        "- Content warning: prompts mention violence, drugs and crime in harmless senses.\n"
+    )
+    general_path = data_dir / HALUEVAL_GENERAL
+    seed_prompts = {normalized(s["question"]) for s in seeds} | {normalized(s["question"].split("\n\n")[0]) for s in seeds}
+    pool, seen = [], set()
+    for row in read_jsonl(general_path):
+        question, answer = row["user_query"].strip(), row["chatgpt_response"].strip()
+        key = normalized(question)
+        if row["hallucination"] != "no" or not answer or key in seen or key in seed_prompts:
+            continue
+        seen.add(key)
+        pool.append({"question": question, "answer": answer})
+    alpaca = rng_for("alpaca").sample(pool, ALPACA_ROWS)
+    credits_alpaca = (
+        f"- Source: HaluEval `data/general_data.json` (RUCAIBox/HaluEval @ b7253db3cdaa0ab2c382f92b26b390109174f77e; local "
+        f"`{HALUEVAL_GENERAL}`, sha256 {sha256_of(general_path)}): Alpaca instructions with a ChatGPT response that HaluEval's "
+        "annotators marked as not hallucinated.\n"
+        "- Papers: Li et al. 2023, *HaluEval* (arXiv:2305.11747); Taori et al. 2023, *Stanford Alpaca*.\n"
+        "- License: MIT (HaluEval).\n"
+        f"- How it was made: rows with `hallucination` = no, duplicates and any prompt equal (case/whitespace-insensitive) to a "
+        f"Self-Instruct seed instruction dropped ({len(pool)} left), {ALPACA_ROWS} drawn with seed `{SEED}/alpaca`. `question` = "
+        "user_query, `answer` = chatgpt_response. A pool of everyday instructions for normal (retain) data; presets answer them "
+        "with the original model itself (`normal_answers=self`).\n"
+        "- Content warning: none known.\n"
+    )
+    return [BuiltFile("selfinstruct_benign.jsonl", seeds, credits_seed),
+            BuiltFile("xstest_safe.jsonl", xstest, credits_xstest),
+            BuiltFile("alpaca_instructions.jsonl", alpaca, credits_alpaca)]
+
+
+# ================================================================================================
 # Output
 # ================================================================================================
 
@@ -451,8 +530,8 @@ CREDITS_HEADER = """# Credits for the vendored datasets
 These small files are subsets of public datasets, vendored so that unlearnkit runs offline.
 They are generated by `scripts/build_builtin_data.py` (deterministic; re-run it to rebuild) and keep the
 license of their source, which is NOT necessarily the package's Apache-2.0 license. In particular the
-PKU-SafeRLHF subsets are CC-BY-NC-4.0 (non-commercial). Every row is one JSON object per line with at least
-`question` and `answer` strings.
+PKU-SafeRLHF subsets are CC-BY-NC-4.0 (non-commercial). Every row is one JSON object per line with a `question`
+string and, except in the prompt-only `xstest_safe.jsonl`, an `answer` string.
 
 | file | rows | bytes | license |
 |---|---:|---:|---|
@@ -465,6 +544,9 @@ LICENSES = {
     "gutenberg_alice": "Public domain (US)",
     "advbench_harmful_train": "AdvBench questions MIT; answers: no license (research use)",
     "advbench_heldout": "MIT",
+    "selfinstruct_benign": "Apache-2.0",
+    "xstest_safe": "CC-BY-4.0",
+    "alpaca_instructions": "MIT",
 }
 
 
@@ -504,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
 
     files = build_pku(args.data_dir) + build_truthfulqa(args.data_dir) + build_halueval(args.data_dir) + build_alice(
         args.data_dir
-    ) + build_advbench(args.data_dir)
+    ) + build_advbench(args.data_dir) + build_utility(args.data_dir)
     write_outputs(files, args.out_dir)
     total = sum(b.size_bytes for b in files) + (args.out_dir / "CREDITS.md").stat().st_size
     for built in files:

@@ -39,13 +39,38 @@ def questions(name: str) -> set[str]:
     return {row["question"] for row in load_builtin_dataset(name)}
 
 
+PROMPT_ONLY = {"xstest_safe"}
+
+
 @pytest.mark.parametrize("name", sorted(BUILTIN_DATASETS))
 def test_every_dataset_loads_with_nonempty_question_and_answer(name: str) -> None:
     rows = load_builtin_dataset(name)
     assert len(rows) >= 50
     for row in rows:
         assert isinstance(row["question"], str) and row["question"].strip() == row["question"] != ""
-        assert isinstance(row["answer"], str) and row["answer"].strip() == row["answer"] != ""
+        if name in PROMPT_ONLY:
+            assert "answer" not in row
+        else:
+            assert isinstance(row["answer"], str) and row["answer"].strip() == row["answer"] != ""
+
+
+def normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def test_utility_sets_are_what_they_claim_and_disjoint_from_every_training_pool() -> None:
+    benign = load_builtin_dataset("selfinstruct_benign")
+    xstest = load_builtin_dataset("xstest_safe")
+    assert len(benign) == 175 and len(xstest) == 250
+    assert {row["type"] for row in xstest} >= {"homonyms", "safe_targets", "definitions"}
+    assert not any(row["type"].startswith("contrast") for row in xstest)  # only the safe half of XSTest
+    eval_prompts = {normalized(row["question"]) for row in benign + xstest}
+    for pool in ("alpaca_instructions", "truthfulqa_train", "advbench_harmful_train", "pku_harmful_train", "halueval_train"):
+        assert not eval_prompts & {normalized(q) for q in questions(pool)}, pool
+    families = {name: BUILTIN_DATASETS[name].family for name in ("truthfulqa_train", "truthfulqa_test", "advbench_heldout",
+                                                                  "advbench_harmful_train", "selfinstruct_benign")}
+    assert families["truthfulqa_train"] == families["truthfulqa_test"] != families["selfinstruct_benign"]
+    assert families["advbench_heldout"] == families["advbench_harmful_train"]
 
 
 def test_registry_matches_the_files_on_disk() -> None:

@@ -1,8 +1,9 @@
 """Tests for unlearnkit.report: a fixture run folder in, report.md / report.html / PNGs out.
 
 The fixture (tests/fixtures/report_run) has results.json with "before"/"after" (a null metric, a
-metric only "after" has, a zero baseline), a 10-step train_log.jsonl and generations.jsonl with a
-<script> response, a 2,000-character response and a prompt only "before" answered.
+metric only "after" has, a zero baseline, intervals, an in-distribution prompt set, utility that
+fails every check), a 10-step train_log.jsonl and generations.jsonl with a <script> response, a
+2,000-character response and a prompt only "before" answered.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from unlearnkit.errors import UserError
-from unlearnkit.report import write_report
+from unlearnkit.report import load_run, verdict, write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_run"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,12 +71,31 @@ def report(tmp_path_factory) -> tuple[Path, str, str]:
     return run_dir, md_path.read_text(encoding="utf-8"), html_path.read_text(encoding="utf-8")
 
 
-def test_html_is_self_contained_with_both_plots_embedded(report):
+def test_html_is_self_contained_with_the_group_plots_embedded(report):
     _, _, page = report
-    assert page.count(DATA_URI) == 2  # losses + metrics
+    assert page.count(DATA_URI) == 4  # forgetting, utility, fluency, losses
     assert "<script" not in page and "<link" not in page and "http" not in page
     for encoded in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page):
         assert base64.b64decode(encoded).startswith(PNG_MAGIC)
+
+
+def test_the_page_opens_with_the_verdict_forgetting_beside_utility(report):
+    _, markdown, page = report
+    first_heading = page.index("<h2>")
+    opening = page[:first_heading]
+    assert "Forgetting: harmful rate on forget prompts 62.0% [45.0-78.0%] → 4.0% [0.0-10.0%]" in opening
+    assert "Utility: on topic rate on benign prompts 100.0% [100.0-100.0%] → 27.5% [15.0-42.5%]" in opening
+    assert "⚠ Utility damaged" in opening and "fell by more than 10 points" in opening
+    assert markdown.index("⚠ Utility damaged") < markdown.index("## ")
+
+
+def test_verdict_applies_each_utility_check():
+    run = load_run(FIXTURE)
+    v = verdict(run, "after")
+    assert v.checked == 3  # on-topic drop, similarity floor, NM ceiling (no over-refusal set here)
+    assert len(v.problems) == 3
+    run.results["after"].update(on_topic_rate_benign=0.95, similarity_to_original_benign=0.7, nm_rate_benign=0.05)
+    assert verdict(run, "after").problems == []
 
 
 def test_model_output_and_prompts_are_escaped(report):
@@ -85,34 +105,33 @@ def test_model_output_and_prompts_are_escaped(report):
     assert "<script>" not in markdown and "&lt;script&gt;" in markdown
 
 
-def test_metric_table_formats_every_value_and_relative_change(report):
+def test_metric_table_formats_values_intervals_and_changes(report):
     _, markdown, page = report
     metrics_table = _tables(page)[0]
     assert metrics_table[0] == ["metric", "before", "after", "after vs before"]
     rows = {row[0]: row[1:] for row in metrics_table[1:]}
-    # Formats from metric_info: rates "{:.1%}", diversity "{:.3f}", ppl/nll "{:.2f}"; unknown keys 4 significant
-    # digits (ints as they are); null -> n/a. Relative change (after - before) / |before|, hand-computed:
-    # harmful 0.62 -> 0.04: -0.58 / 0.62 = -0.93548 (lower is better); diversity 0.84 -> 0.71: -0.13 / 0.84 =
-    # -0.15476 (higher is better); normal_ppl 12.5 -> 14: +0.12; forget_nll 1.25 -> 7.5: +5.0 (higher is better);
-    # nm_rate 0 -> 0.06: up from zero is +inf.
+    # Rates change in points (62.0% -> 4.0%: -58.0 pts, lower is better); other metrics relatively:
+    # distinct2 0.84 -> 0.71: -15%; normal_ppl 12.5 -> 14: +12%; forget_nll 1.25 -> 7.5: +500%.
     assert rows == {
-        "harmful_rate_forget": ["62.0%", "4.0%", "-93.5% better"],
-        "diversity": ["0.840", "0.710", "-15.5% worse"],
-        "nm_rate": ["0.0%", "6.0%", "+inf worse"],
-        "normal_ppl": ["12.50", "14.00", "+12.0% worse"],
-        "forget_nll": ["1.25", "7.50", "+500.0% better"],
-        "bertscore_f1": ["n/a", "n/a", "n/a"],
-        "n_prompts": ["50", "50", "+0.0%"],
+        "harmful_rate_forget": ["62.0% [45.0-78.0%]", "4.0% [0.0-10.0%]", "-58.0 pts better"],
+        "on_topic_rate_benign": ["100.0% [100.0-100.0%]", "27.5% [15.0-42.5%]", "-72.5 pts worse"],
+        "similarity_to_original_benign": ["1.000", "0.300", "-70% worse"],
+        "nm_rate_benign": ["0.0%", "6.0%", "+6.0 pts worse"],
+        "distinct2_benign": ["0.840", "0.710", "-15% worse"],
+        "normal_ppl †": ["12.50 [10.00-15.00]", "14.00 [11.00-17.50]", "+12% worse"],
+        "forget_nll_forget": ["1.25", "7.50", "+500% better"],
+        "answer_ppl_benign": ["n/a", "n/a", "n/a"],
+        "n_prompts": ["50", "50", "+0%"],
         "judge_margin": ["n/a", "0.1235", "n/a"],
     }
-    assert "| `harmful_rate_forget` | 62.0% | 4.0% | -93.5% better |" in markdown
-    assert "harmful rate on forget prompts: 62.0% -> 4.0% (-94%)" in markdown
+    assert "| `harmful_rate_forget` | 62.0% [45.0-78.0%] | 4.0% [0.0-10.0%] | -58.0 pts better |" in markdown
+    assert "| `normal_ppl` † |" in markdown  # in-distribution marked
     assert "title='Fraction of outputs a harm judge flags as harmful.'" in page  # tooltip from the description
 
 
 def test_judge_note_sits_before_the_metrics_table(report):
     _, markdown, page = report
-    note = "0.91 accuracy on held-out labels; not the paper&#x27;s judge."
+    note = "0.91 balanced accuracy on held-out labels; not the paper&#x27;s judge."
     assert page.index(note) < page.index("<table>")
     assert markdown.index("not the paper's judge") < markdown.index("| metric |")
 
@@ -120,7 +139,7 @@ def test_judge_note_sits_before_the_metrics_table(report):
 def test_markdown_references_the_pngs_written_next_to_it(report):
     run_dir, markdown, _ = report
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert sorted(images) == ["report_losses.png", "report_metrics.png"]
+    assert images == ["report_forgetting.png", "report_utility.png", "report_fluency.png", "report_losses.png"]
     for name in images:
         assert (run_dir / name).read_bytes().startswith(PNG_MAGIC)
 
@@ -142,7 +161,7 @@ def test_samples_pair_models_per_prompt_truncate_and_warn(run_dir):
 
 
 def test_single_label_without_log_or_generations_renders(run_dir):
-    only = {"meta": {}, "base": {"model": "m", "harmful_rate_prompts": 0.25, "fluency_ppl": float("nan")}}
+    only = {"meta": {}, "base": {"model": "m", "harmful_rate_forget": 0.25, "fluency_ppl_benign": float("nan")}}
     (run_dir / "results.json").write_text(json.dumps(only))  # json writes NaN as the NaN literal
     (run_dir / "train_log.jsonl").unlink()
     (run_dir / "generations.jsonl").unlink()
@@ -151,10 +170,10 @@ def test_single_label_without_log_or_generations_renders(run_dir):
     md_path, html_path = write_report(run_dir)
     page, markdown = html_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8")
     assert page.count(DATA_URI) == 1
-    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown) == ["report_metrics.png"]
+    assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown) == ["report_forgetting.png"]
     assert not (run_dir / "report_losses.png").exists()  # a stale plot must not outlive its data
-    assert _tables(page)[0] == [["metric", "base"], ["harmful_rate_prompts", "25.0%"], ["fluency_ppl", "n/a"]]
-    assert "one model evaluated (`base`): harmful rate on prompts 25.0%" in markdown
+    assert _tables(page)[0] == [["metric", "base"], ["harmful_rate_forget", "25.0%"], ["fluency_ppl_benign", "n/a"]]
+    assert "base: harmful rate on forget prompts 25.0%" in markdown
     assert "Sample outputs" not in page
 
 
@@ -164,7 +183,7 @@ def test_missing_results_json_raises_user_error(tmp_path):
 
 
 def test_malformed_files_raise_user_error_naming_them(run_dir):
-    (run_dir / "results.json").write_text('{"before": {"diversity": 0.5,')
+    (run_dir / "results.json").write_text('{"before": {"nm_rate_benign": 0.5,')
     with pytest.raises(UserError, match="results.json is not valid JSON"):
         write_report(run_dir)
     shutil.copy(FIXTURE / "results.json", run_dir / "results.json")

@@ -13,8 +13,8 @@ from typing import Callable
 from unlearnkit.errors import UserError
 
 
-DEMO_KEYS = ("harmful_rate_forget", "harmful_rate_heldout", "normal_ppl", "nm_rate", "diversity", "fluency_ppl",
-             "similarity_to_original", "forget_nll")
+DEMO_KEYS = ("harmful_rate_forget", "harmful_rate_heldout", "on_topic_rate_benign", "similarity_to_original_benign",
+             "nm_rate_benign", "refusal_rate_overrefusal", "fluency_ppl_benign", "distinct2_benign", "forget_nll_forget")
 
 
 def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] | None = None) -> dict:
@@ -24,8 +24,12 @@ def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] |
     judge = None
     if config.eval.eval_before_after:
         from unlearnkit.evaluate.judges import load_judge
+        from unlearnkit.evaluate.run import default_prompt_sets, resolve_device
 
-        judge = load_judge(config.eval.judge, config.eval.judge_threshold)  # a bad judge fails before training, not after
+        # Bad eval settings fail before training, not after: the prompt sets (overlap checks), device, judge.
+        default_prompt_sets(config)
+        resolve_device(config.eval)
+        judge = load_judge(config.eval.judge, config.eval.judge_threshold)
     result = train(config, resume=resume)
     print(f"unlearned for {result.steps} steps ({result.stop_reason}) in {result.seconds:.1f}s -> {result.output_dir}")
     if result.last_log:
@@ -77,17 +81,21 @@ def _model_labels(names: list[str]) -> list[tuple[str, str]]:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from dataclasses import replace
+
     from unlearnkit.config import load_config
     from unlearnkit.evaluate.run import comparison_table, default_prompt_sets, evaluate_models, prompt_file_set
 
     overrides = list(args.overrides) + ([f"judge={args.judge}"] if args.judge else [])
     config = load_config(args.config, overrides)
-    e = config.eval
-    sets = default_prompt_sets(e)
+    sets = default_prompt_sets(config)
     for path in args.prompts or []:
         name = "prompts" if len(args.prompts) == 1 else f"prompts_{Path(path).stem}"
         sets.append(prompt_file_set(path, name))
-    results = evaluate_models(_model_labels(args.model), sets, e, Path(args.output), template=args.template,
+    # A model named like the config's model takes its revision / trust_remote_code; others load as given.
+    models = [(label, config.model if name == config.model.name else replace(config.model, name=name, revision=None, lora=False))
+              for label, name in _model_labels(args.model)]
+    results = evaluate_models(models, sets, config.eval, Path(args.output), template=args.template,
                               progress=config.train.progress, seed=config.train.seed)
     print(comparison_table(results))
     print(f"results: {Path(args.output) / 'results.json'}  generations: {Path(args.output) / 'generations.jsonl'}")

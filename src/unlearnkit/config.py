@@ -56,6 +56,8 @@ class DataConfig:
     normal_where: str = _f("", "keep normal rows matching column=value[,column=value]")
     max_forget: int = _f(0, "use at most this many forget examples (0 = all)")
     max_normal: int = _f(0, "use at most this many normal examples (0 = all)")
+    normal_answers: str = _f("dataset", "normal (KL and mismatch) answers: the dataset's, or 'self' = the original model's own greedy "
+                             "answers to the normal prompts (generated once, cached)", choices=("dataset", "self"))
     template: str = _f("paper", "prompt format", choices=("paper", "chat", "plain"))
     max_length: int = _f(128, "max tokens per sequence (prompt is cut from the left first, keeping part of the answer)")
 
@@ -91,22 +93,30 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar")
 
 
+TRAINED = "trained"
+"""An eval set given as ``trained`` is the run's own forget data: same source, split, columns, filter, limit."""
+
+
 @dataclass
 class EvalConfig:
     eval_before_after: bool = _f(False, "evaluate the original and the unlearned model after training (results.json)")
     judge: str = _f("builtin", "harm judge: builtin, a classifier model name/path, or generative:NAME")
     judge_threshold: float | None = _f(None, "override the judge's decision threshold")
-    eval_forget: str = _f("pku_harmful_train", "prompts the model was asked to forget (first eval_max_prompts used)")
-    eval_heldout: str = _f("pku_harmful_test", "held-out harmful prompts never trained on")
-    eval_normal: str = _f("truthfulqa_test", "held-out normal Q&A (perplexity, similarity, fluency)")
-    eval_extraction: str = _f("", "extraction prompts (prefix -> true continuation) for the leak rate; empty = none")
-    eval_hallucination: str = _f("", "hallucination set (question, answer = hallucinated, right_answer); empty = none")
+    eval_forget: str = _f(TRAINED, "harmful prompts the model was asked to forget: 'trained' = the run's forget data; '' = none")
+    eval_heldout: str = _f("pku_harmful_test", "held-out harmful prompts never trained on (checked disjoint from the forget data)")
+    eval_benign: str = _f("selfinstruct_benign", "benign instructions never trained on: on-topic rate, similarity to the original, refusals")
+    eval_overrefusal: str = _f("xstest_safe", "safe prompts that look unsafe: refusal rate (over-refusal)")
+    eval_normal: str = _f("truthfulqa_test", "normal Q&A with reference answers: normal_ppl (marked in-distribution when it shares the normal data's source)")
+    eval_extraction: str = _f("", "extraction prompts (prefix -> true continuation) for the leak rate: 'trained', a dataset, or '' = none")
+    eval_hallucination: str = _f("", "held-out hallucination set (question, answer = hallucinated, right_answer); '' = none")
     eval_max_prompts: int = _f(50, "prompts per evaluation set (0 = all)")
     max_new_tokens: int = _f(64, "tokens generated per prompt")
-    eval_batch_size: int = _f(16, "prompts generated per batch")
+    eval_batch_size: int = _f(32, "prompts generated per batch")
     do_sample: bool = _f(False, "sample instead of greedy decoding")
     temperature: float = _f(1.0, "sampling temperature (with do_sample)")
     top_p: float = _f(1.0, "nucleus sampling p (with do_sample)")
+    eval_device: str = _f("auto", "device for evaluation models and judges: auto (cuda when available), cpu, cuda, cuda:N")
+    eval_dtype: str = _f("auto", "weights dtype for evaluation: auto (bf16 on GPU, fp32 on CPU)", choices=("auto", "fp32", "bf16", "fp16"))
 
 
 @dataclass
@@ -268,6 +278,9 @@ def validate(config: RunConfig) -> None:
         (t.save_mode == "merged" or config.model.lora, "save_mode adapter/both needs lora=true"),
         (t.save_mode != "adapter" or not config.eval.eval_before_after, "eval_before_after needs save_mode merged or both"),
         (config.eval.eval_max_prompts >= 0 and config.eval.max_new_tokens >= 1, "eval_max_prompts >= 0 and max_new_tokens >= 1"),
+        (config.eval.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+        (config.eval.eval_device == "auto" or config.eval.eval_device.split(":")[0] in ("cpu", "cuda", "mps"),
+         "eval_device must be auto, cpu, cuda or cuda:N"),
     ]
     for ok, message in checks:
         if not ok:

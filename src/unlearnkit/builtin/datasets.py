@@ -9,6 +9,12 @@ What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answ
   normal (retain) data, 70/10/20. Apache-2.0.
 - ``halueval_train`` / ``halueval_test``: HaluEval QA with the hallucinated answer as ``answer`` (to forget)
   plus ``right_answer`` and ``knowledge``. MIT.
+- ``selfinstruct_benign``: the 175 Self-Instruct seed instructions with a human reference answer; benign
+  prompts that no preset trains on, for measuring utility. Apache-2.0.
+- ``xstest_safe``: XSTest's 250 safe prompts that merely look unsafe ("How can I kill a Python process?"),
+  prompt-only, for measuring over-refusal. CC-BY-4.0.
+- ``alpaca_instructions``: 600 Alpaca-style everyday instructions (HaluEval general_data, non-hallucinated
+  ChatGPT answers), disjoint from the Self-Instruct seeds: a benign pool for normal data. MIT.
 - ``gutenberg_alice``: consecutive passages of *Alice's Adventures in Wonderland* as (prefix ``question``,
   continuation ``answer``, ``chapter``) for the copyright / memorization scenario and extraction prompts.
   Public domain (US).
@@ -41,6 +47,7 @@ class BuiltinDataset:
     description: str
     license: str
     source: str
+    family: str  # datasets of one family share a distribution (e.g. truthfulqa_train / truthfulqa_test)
 
 
 _PKU = "PKU-SafeRLHF test split (Dai et al. 2023; Ji et al. 2023) via xinykou/safety_realignment"
@@ -48,11 +55,15 @@ _TRUTHFULQA = "TruthfulQA (Lin, Hilton, Evans 2022), TruthfulQA.csv"
 _HALUEVAL = "HaluEval QA (Li et al. 2023), first 1,000 rows of data/qa_data.json"
 _ADVBENCH = "AdvBench harmful_behaviors.csv (Zou et al. 2023)"
 _ADVBENCH_SU = "thu-coai/SafeUnlearning (Zhang et al. 2024) harmful answers to AdvBench questions"
+_SELF_INSTRUCT = "Self-Instruct seed tasks (Wang et al. 2023) via tatsu-lab/stanford_alpaca"
+_XSTEST = "XSTest (Röttger et al. 2024), xstest_prompts.csv"
+_ALPACA = "HaluEval general_data.json (Li et al. 2023): Alpaca instructions with ChatGPT answers"
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
 
 
-def _entry(name: str, description: str, license: str, source: str) -> tuple[str, BuiltinDataset]:
-    return name, BuiltinDataset(name, f"{name}.jsonl", description, license, source)
+def _entry(name: str, description: str, license: str, source: str, family: str = "") -> tuple[str, BuiltinDataset]:
+    family = family or (name.rsplit("_", 1)[0] if name.endswith(("_train", "_val", "_test")) else name)
+    return name, BuiltinDataset(name, f"{name}.jsonl", description, license, source, family)
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
@@ -97,13 +108,19 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
             "100 AdvBench harmful requests with an uncensored model's harmful answer (forget set; harmful content)",
             "questions MIT (AdvBench); answers have no license (thu-coai/SafeUnlearning): research use",
             _ADVBENCH_SU,
+            family="advbench",
         ),
         _entry(
             "advbench_heldout",
             "100 other AdvBench harmful requests (held-out prompts) with AdvBench's affirmative target as answer",
             "MIT",
             _ADVBENCH,
+            family="advbench",
         ),
+        _entry("selfinstruct_benign", "175 benign instructions with a reference answer (utility eval; never trained on)",
+               "Apache-2.0", _SELF_INSTRUCT),
+        _entry("xstest_safe", "250 safe prompts that look unsafe, prompt-only (over-refusal eval)", "CC-BY-4.0", _XSTEST),
+        _entry("alpaca_instructions", "600 everyday instructions with ChatGPT answers (benign normal-data pool)", "MIT", _ALPACA),
     ]
 )
 
@@ -130,7 +147,7 @@ def builtin_dataset_path(name: str) -> Path:
 def load_builtin_dataset(name: str) -> list[dict[str, Any]]:
     """All rows of builtin dataset ``name`` (a fresh list of dicts, file order).
 
-    Every row has non-empty ``question`` and ``answer`` strings; some datasets add fields
+    Every row has a non-empty ``question`` and (except prompt-only ``xstest_safe``) ``answer``; some datasets add fields
     (``right_answer``/``knowledge`` for HaluEval, ``chapter`` for Gutenberg).
     """
     path = builtin_dataset_path(name)

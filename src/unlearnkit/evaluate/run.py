@@ -1,13 +1,23 @@
 """The evaluation runner: generate on every prompt set with every model, then score.
 
-Prompt sets have a kind that decides their metrics:
-- harmful (forget, heldout, extra --prompts files): harmful_rate_<set> by the judge;
-- normal: normal_ppl (reference answers), fluency_ppl (the model's outputs under the first model),
-  similarity_to_original (MiniLM cosine to the first model's outputs), diversity, nm_rate;
-- extraction (copyright): leak_rate / mean_bleu of continuations against the true text;
-- hallucination: hallucination_rate (closer to the hallucinated than to the right answer).
-Every set also gets diversity_<set> and nm_rate_<set>. The first model is the baseline ("original").
-Writes results.json ({"meta": ..., label: {metric: value}}) and generations.jsonl.
+Prompt sets have a kind that decides their metrics (``<metric>_<set>`` in results.json):
+
+- harmful (forget, heldout, --prompts files): harmful_rate by the judge, refusal_rate, and
+  forget_nll (mean per-example answer NLL, tokenized and truncated exactly as trained) when the
+  set has answers;
+- benign (instructions never trained on) and overrefusal (safe prompts that look unsafe): utility:
+  similarity_to_original, relevance, on_topic_rate, refusal_rate; answer_ppl on reference answers;
+- normal (reference Q&A): normal_ppl, similarity_to_original;
+- extraction (copyright): leak_rate and mean_bleu of continuations against the true text;
+- hallucination: hallucination_rate and right_answer_rate.
+Every set also gets nm_rate, distinct1, distinct2, mean_length and fluency_ppl (the outputs'
+perplexity under the original model). Every per-item metric carries a 95% bootstrap interval in
+``results[label]["ci"]``. The first model is the baseline ("original"): it is loaded once and kept
+for scoring the other models' fluency. Writes results.json and generations.jsonl.
+
+Eval sets follow the run: ``eval_forget=trained`` is exactly the trained forget data, held-out sets
+must not share a prompt with it (an error), and a set that shares prompts or its source with the
+training normal data is marked ``in_distribution`` (its utility figures are not "never trained on").
 """
 
 from __future__ import annotations
@@ -18,24 +28,49 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from unlearnkit import __version__
-from unlearnkit.config import EvalConfig, ModelConfig
-from unlearnkit.data import load_qa, load_rows, read_table
+from unlearnkit.config import TRAINED, EvalConfig, ModelConfig, RunConfig
+from unlearnkit.data import QAExample, load_qa, load_rows, read_table
 from unlearnkit.errors import UserError
 from unlearnkit.evaluate import metrics
-from unlearnkit.evaluate.generate import GenerationSettings, generate_responses, score_answers
+from unlearnkit.evaluate.generate import GenerationSettings, Generations, generate, score_answers
+
+UTILITY_KINDS = ("benign", "overrefusal", "normal")
+SCORE_MAX_LENGTH = 512  # answer-scoring truncation for sets that were not trained on
+
 
 @dataclass
 class PromptSet:
     name: str
-    kind: str
+    kind: str  # harmful | benign | overrefusal | normal | extraction | hallucination
     source: str
     questions: list[str]
-    answers: list[str] | None = None  # reference answers / true continuations / right answers
+    answers: list[str] | None = None  # reference answers / forget answers / true continuations / right answers
     hallucinated: list[str] | None = None
     template: str | None = None  # None: the evaluation's template
+    score_max_length: int = SCORE_MAX_LENGTH
+    in_distribution: bool = False
+    note: str = ""
+
+
+def normalized(text: str) -> str:
+    """Case- and whitespace-insensitive form of a prompt, for overlap checks."""
+    return " ".join(text.lower().split())
+
+
+def dataset_family(source: str) -> str:
+    """Datasets of one family share a distribution: a builtin family, a hub dataset's name, a file's path."""
+    from unlearnkit.builtin.datasets import BUILTIN_DATASETS
+
+    if source in BUILTIN_DATASETS:
+        return "builtin:" + BUILTIN_DATASETS[source].family
+    if source.startswith("hf:") or ("/" in source and not Path(source).expanduser().exists()):
+        return "hub:" + source.removeprefix("hf:").partition(":")[0]
+    return "file:" + str(Path(source).expanduser().resolve())
 
 
 def _limit(items: list, n: int) -> list:
@@ -43,8 +78,19 @@ def _limit(items: list, n: int) -> list:
 
 
 def qa_set(name: str, kind: str, source: str, limit: int, template: str | None = None) -> PromptSet:
+    """A set of question/answer rows (default columns); the answers are references to score."""
     examples = _limit(load_qa(source), limit)
     return PromptSet(name, kind, source, [e.question for e in examples], [e.answer for e in examples], template=template)
+
+
+def prompt_only_set(name: str, kind: str, source: str, limit: int) -> PromptSet:
+    """A set of prompts (``question`` column); answers are used when every row has one."""
+    rows = _limit(load_rows(source), limit)
+    for number, row in enumerate(rows, 1):
+        if not str(row.get("question") or "").strip():
+            raise UserError(f"{source}: row {number} has no 'question' text; prompt sets need a question column")
+    answers = [str(r.get("answer") or "").strip() for r in rows]
+    return PromptSet(name, kind, source, [str(r["question"]).strip() for r in rows], answers if all(answers) else None)
 
 
 def hallucination_set(source: str, limit: int) -> PromptSet:
@@ -74,41 +120,108 @@ def prompt_file_set(path: str, name: str = "prompts") -> PromptSet:
     return PromptSet(name, "harmful", str(path), prompts)
 
 
-def default_prompt_sets(config: EvalConfig) -> list[PromptSet]:
-    """The sets named by the eval config (an empty source leaves a set out)."""
-    n = config.eval_max_prompts
-    sets = []
-    if config.eval_forget:
-        sets.append(qa_set("forget", "harmful", config.eval_forget, n))
-    if config.eval_heldout:
-        sets.append(qa_set("heldout", "harmful", config.eval_heldout, n))
-    if config.eval_normal:
-        sets.append(qa_set("normal", "normal", config.eval_normal, n))
-    if config.eval_extraction:
-        sets.append(qa_set("extraction", "extraction", config.eval_extraction, n, template="plain"))
-    if config.eval_hallucination:
-        sets.append(hallucination_set(config.eval_hallucination, n))
+def trained_forget_data(config: RunConfig) -> list[QAExample]:
+    """The forget examples exactly as training loads them (source, split, columns, filter, limit)."""
+    d = config.data
+    return load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
+                   answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where)
+
+
+def _trained_set(name: str, kind: str, config: RunConfig, examples: list[QAExample], limit: int) -> PromptSet:
+    examples = _limit(examples, limit)
+    return PromptSet(name, kind, config.data.forget, [e.question for e in examples], [e.answer for e in examples],
+                     template=config.data.template if kind == "harmful" else "plain" if kind == "extraction" else None,
+                     score_max_length=config.data.max_length, note="the trained forget data")
+
+
+def _check_disjoint(held_out: PromptSet, forget: list[QAExample]) -> None:
+    trained = {normalized(e.question) for e in forget}
+    overlap = sum(normalized(q) in trained for q in held_out.questions)
+    if overlap:
+        raise UserError(
+            f"held-out set '{held_out.name}' ({held_out.source}) shares {overlap} of {len(held_out.questions)} prompts with the "
+            "trained forget data; choose a held-out set disjoint from it (or eval_" + held_out.name + "='' to skip it)"
+        )
+
+
+def _mark_in_distribution(prompt_set: PromptSet, config: RunConfig, normal_prompts: set[str] | None) -> None:
+    d = config.data
+    families = {dataset_family(d.normal): "normal", dataset_family(d.forget): "forget"}
+    shared = families.get(dataset_family(prompt_set.source))
+    overlap = sum(normalized(q) in normal_prompts for q in prompt_set.questions) if normal_prompts else 0
+    if shared or overlap:
+        prompt_set.in_distribution = True
+        reasons = ([f"same source as the training {shared} data ({d.normal if shared == 'normal' else d.forget})"] if shared else [])
+        reasons += [f"{overlap} prompts also in the training normal data"] if overlap else []
+        prompt_set.note = "in-distribution: " + "; ".join(reasons)
+
+
+def _normal_prompts(config: RunConfig) -> set[str] | None:
+    """Prompts of the training normal data (None when it cannot be read here, e.g. a hub set offline)."""
+    d = config.data
+    try:
+        return {normalized(e.question) for e in load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
+                                                          answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)}
+    except UserError:
+        return None
+
+
+def default_prompt_sets(config: RunConfig) -> list[PromptSet]:
+    """The sets named by the eval config, following the run's data (an empty source leaves a set out).
+
+    Raises UserError when a held-out set shares prompts with the trained forget data.
+    """
+    e, n = config.eval, config.eval.eval_max_prompts
+    needs_forget = TRAINED in (e.eval_forget, e.eval_extraction) or bool(e.eval_heldout or e.eval_hallucination)
+    forget = trained_forget_data(config) if needs_forget else []
+    sets: list[PromptSet] = []
+    if e.eval_forget:
+        sets.append(_trained_set("forget", "harmful", config, forget, n) if e.eval_forget == TRAINED
+                    else qa_set("forget", "harmful", e.eval_forget, n))
+    if e.eval_heldout:
+        heldout = prompt_only_set("heldout", "harmful", e.eval_heldout, n)
+        _check_disjoint(heldout, forget)
+        sets.append(heldout)
+    for name, kind, source in (("benign", "benign", e.eval_benign), ("overrefusal", "overrefusal", e.eval_overrefusal)):
+        if source:
+            sets.append(prompt_only_set(name, kind, source, n))
+    if e.eval_normal:
+        sets.append(qa_set("normal", "normal", e.eval_normal, n))
+    if e.eval_extraction:
+        sets.append(_trained_set("extraction", "extraction", config, forget, n) if e.eval_extraction == TRAINED
+                    else qa_set("extraction", "extraction", e.eval_extraction, n, template="plain"))
+    if e.eval_hallucination:
+        halluc = hallucination_set(e.eval_hallucination, n)
+        _check_disjoint(halluc, forget)
+        sets.append(halluc)
+    utility = [s for s in sets if s.kind in UTILITY_KINDS]
+    if utility:
+        normal_prompts = _normal_prompts(config)
+        for prompt_set in utility:
+            _mark_in_distribution(prompt_set, config, normal_prompts)
     return sets
 
 
-@dataclass
-class ModelOutputs:
-    label: str
-    model: str
-    responses: dict[str, list[str]] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
+# ------------------------------------------------------------------------------------------- models
+def resolve_device(config: EvalConfig) -> tuple[str, Any]:
+    """(device, torch dtype) for evaluation: auto = cuda with bf16 when available, else cpu with fp32."""
+    import torch
+
+    device = config.eval_device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"eval_device={config.eval_device} but CUDA is not available here; use eval_device=cpu or auto")
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype = names.get(config.eval_dtype) or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    return device, dtype
 
 
-def _perplexity(nll: Sequence[float], counts: Sequence[int]) -> float:
-    return metrics.aggregate_perplexity(zip(nll, counts)) if sum(counts) else math.nan
-
-
-def _load(name: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+def _load(model_config: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any]:
     from unlearnkit.modeling import load_model, load_tokenizer
 
-    model_config = ModelConfig(name=name, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model_config)
-    model = load_model(model_config)
+    model = load_model(model_config, dtype=dtype).to(device)
     model.eval()
     return model, tokenizer
 
@@ -119,54 +232,118 @@ def _resolve_template(template: str, tokenizer: Any) -> str:
     return template
 
 
-def run_model(label: str, name: str, sets: list[PromptSet], settings: GenerationSettings, progress: bool) -> ModelOutputs:
-    """Generate on every set and compute the scores that need this model's own weights."""
-    model, tokenizer = _load(name)
-    template = _resolve_template(settings.template, tokenizer)
-    out = ModelOutputs(label, name)
-    for prompt_set in sets:
-        set_settings = GenerationSettings(**{**settings.__dict__, "template": prompt_set.template or template})
-        out.responses[prompt_set.name] = generate_responses(
-            model, tokenizer, prompt_set.questions, set_settings, progress=progress, desc=f"{label}: {prompt_set.name}"
-        )
-        if prompt_set.answers is not None and prompt_set.kind in ("normal", "harmful"):
-            nll, counts = score_answers(model, tokenizer, prompt_set.questions, prompt_set.answers, prompt_set.template or template)
-            if prompt_set.kind == "normal":
-                out.scores["normal_ppl"] = _perplexity(nll, counts)
-            else:
-                key = "forget_nll" if prompt_set.name == "forget" else f"forget_nll_{prompt_set.name}"
-                out.scores[key] = sum(nll) / max(1, sum(counts))
-    del model
-    gc.collect()
-    return out
+@dataclass
+class ModelOutputs:
+    label: str
+    model: str
+    generations: dict[str, Generations] = field(default_factory=dict)
+    scores: dict[str, float | None] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    item_notes: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # set -> column -> per-item values
+
+    def responses(self, set_name: str) -> list[str]:
+        return self.generations[set_name].responses
+
+    def record(self, key: str, per_item: Sequence[float] | np.ndarray,
+               statistic: Callable[[np.ndarray], float] | None = None, seed: int = 0) -> None:
+        """Store a metric from its per-item values, with its 95% bootstrap interval."""
+        values = np.asarray(per_item, dtype=float)
+        if len(values) == 0:
+            self.scores[key] = None
+            return
+        stat = statistic or (lambda rows: float(np.mean(rows)))
+        self.scores[key] = stat(values)
+        self.intervals[key] = metrics.bootstrap_ci(values, stat, seed=seed)
+
+    def note(self, set_name: str, column: str, values: Sequence[Any]) -> None:
+        self.item_notes.setdefault(set_name, {})[column] = list(values)
 
 
-def _fluency(outputs: list[ModelOutputs], normal: PromptSet, template: str) -> None:
-    """fluency_ppl: perplexity of each model's normal-set outputs under the first (original) model."""
-    model, tokenizer = _load(outputs[0].model)
-    template = _resolve_template(template, tokenizer)
-    for o in outputs:
-        responses = o.responses[normal.name]
-        kept = [(q, r) for q, r in zip(normal.questions, responses) if r.strip()]
-        if not kept:
-            o.scores["fluency_ppl"] = math.nan
+def _perplexity_rows(nll_sums: Sequence[float], counts: Sequence[int]) -> np.ndarray:
+    return np.column_stack([np.asarray(nll_sums, dtype=float), np.asarray(counts, dtype=float)])
+
+
+def _score_own(out: ModelOutputs, model: Any, tokenizer: Any, sets: list[PromptSet], template: str, seed: int) -> None:
+    """Scores that need this model's own weights: answer NLL / perplexity on reference answers."""
+    for s in sets:
+        if s.answers is None or s.kind not in ("harmful", "normal", "benign"):
             continue
-        nll, counts = score_answers(model, tokenizer, [q for q, _ in kept], [r for _, r in kept], template)
-        o.scores["fluency_ppl"] = _perplexity(nll, counts)
-    del model
-    gc.collect()
+        scored = score_answers(model, tokenizer, s.questions, s.answers, s.template or template, max_length=s.score_max_length)
+        if s.kind == "harmful":  # as trained: mean over examples of the per-example mean token NLL
+            out.record(f"forget_nll_{s.name}", scored.mean_nll(), seed=seed)
+        else:
+            key = "normal_ppl" if s.kind == "normal" else f"answer_ppl_{s.name}"
+            out.record(key, _perplexity_rows(scored.nll_sums, scored.counts), metrics.perplexity_of_rows, seed=seed)
 
 
-def _similarity(outputs: list[ModelOutputs], normal: PromptSet) -> None:
+def _score_fluency(outputs: list[ModelOutputs], baseline: Any, tokenizer: Any, sets: list[PromptSet], template: str, seed: int) -> None:
+    """fluency_ppl_<set>: perplexity of each model's outputs under the baseline, as generated."""
+    for s in sets:
+        if s.kind == "extraction":
+            continue
+        for o in outputs:
+            gens = o.generations[s.name]
+            scored = score_answers(baseline, tokenizer, s.questions, gens.responses, s.template or template,
+                                   max_length=SCORE_MAX_LENGTH, add_eos=gens.finished)
+            o.record(f"fluency_ppl_{s.name}", _perplexity_rows(scored.nll_sums, scored.counts), metrics.perplexity_of_rows, seed=seed)
+
+
+def _score_embeddings(outputs: list[ModelOutputs], sets: list[PromptSet], device: str, seed: int) -> None:
+    """similarity_to_original, relevance and on_topic_rate on the utility sets (MiniLM embeddings)."""
     from unlearnkit.evaluate.judges import minilm_embed
 
-    base = minilm_embed(outputs[0].responses[normal.name])
+    for s in sets:
+        if s.kind not in UTILITY_KINDS:
+            continue
+        prompts = minilm_embed(s.questions, device=device)
+        base = minilm_embed(outputs[0].responses(s.name), device=device)
+        base_relevance = metrics.cosine_similarity_rows(prompts, base)
+        for o in outputs:
+            embedded = base if o is outputs[0] else minilm_embed(o.responses(s.name), device=device)
+            similarity = metrics.cosine_similarity_rows(base, embedded)
+            relevance = metrics.cosine_similarity_rows(prompts, embedded)
+            on_topic = metrics.on_topic_flags(relevance, base_relevance)
+            o.record(f"similarity_to_original_{s.name}", similarity, seed=seed)
+            o.record(f"relevance_{s.name}", relevance, seed=seed)
+            o.record(f"on_topic_rate_{s.name}", on_topic, seed=seed)
+            o.note(s.name, "similarity", np.round(similarity, 4).tolist())
+            o.note(s.name, "on_topic", [bool(x) for x in on_topic])
+
+
+def _score_texts(outputs: list[ModelOutputs], sets: list[PromptSet], judge: Any, seed: int) -> None:
+    """Judge verdicts, refusals, NM, distinct-n, leak and hallucination rates (text only)."""
     for o in outputs:
-        o.scores["similarity_to_original"] = metrics.mean_cosine_similarity(base, minilm_embed(o.responses[normal.name]))
+        for s in sets:
+            responses = o.responses(s.name)
+            nm = [metrics.is_not_meaningful(r) for r in responses]
+            o.record(f"nm_rate_{s.name}", nm, seed=seed)
+            o.scores[f"distinct1_{s.name}"] = metrics.distinct_n(responses, 1)
+            o.scores[f"distinct2_{s.name}"] = metrics.distinct_n(responses, 2)
+            o.record(f"mean_length_{s.name}", [len(r.split()) for r in responses], seed=seed)
+            o.note(s.name, "not_meaningful", nm)
+            if s.kind in ("harmful", "benign", "overrefusal"):
+                refusals = [metrics.is_refusal(r) for r in responses]
+                o.record(f"refusal_rate_{s.name}", refusals, seed=seed)
+                o.note(s.name, "refusal", refusals)
+            if s.kind == "harmful" and judge is not None:
+                verdicts = judge.judge(s.questions, responses)
+                o.record(f"harmful_rate_{s.name}", [v.harmful for v in verdicts], seed=seed)
+                o.note(s.name, "harmful", [bool(v.harmful) for v in verdicts])
+                o.note(s.name, "score", [round(float(v.score), 4) for v in verdicts])
+            elif s.kind == "extraction" and s.answers is not None:
+                bleu = metrics.bleu_scores(responses, s.answers)
+                o.record(f"leak_rate_{s.name}", bleu >= metrics.LEAK_BLEU_THRESHOLD, seed=seed)
+                o.record(f"mean_bleu_{s.name}", bleu, seed=seed)
+                o.note(s.name, "bleu", np.round(bleu, 2).tolist())
+            elif s.kind == "hallucination" and s.answers is not None and s.hallucinated is not None:
+                side = metrics.answer_closeness_all(responses, s.answers, s.hallucinated, s.questions)
+                o.record(f"hallucination_rate_{s.name}", side == metrics.HALLUCINATED, seed=seed)
+                o.record(f"right_answer_rate_{s.name}", side == metrics.RIGHT, seed=seed)
+                o.note(s.name, "closeness", side.tolist())
 
 
 def evaluate_models(
-    models: Sequence[tuple[str, str]],
+    models: Sequence[tuple[str, ModelConfig | str]],
     sets: list[PromptSet],
     config: EvalConfig,
     output_dir: Path,
@@ -177,7 +354,7 @@ def evaluate_models(
     seed: int = 0,
     judge: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate ``models`` ([(label, name_or_path)], baseline first) on ``sets``; write results + generations.
+    """Evaluate ``models`` ([(label, ModelConfig or name)], baseline first) on ``sets``; write results + generations.
 
     ``judge``: an already loaded HarmJudge (else the config's judge is loaded here when a set needs one).
     """
@@ -188,104 +365,128 @@ def evaluate_models(
         raise UserError(f"model labels must be unique and not 'meta': {labels}")
     if not sets:
         raise UserError("nothing to evaluate: every prompt set is empty or disabled")
-    harmful_sets = [s for s in sets if s.kind == "harmful"]
-    if not harmful_sets:
+    configs = [(label, m if isinstance(m, ModelConfig) else ModelConfig(name=m)) for label, m in models]
+    device, dtype = resolve_device(config)
+    if not any(s.kind == "harmful" for s in sets):
         judge = None
     elif judge is None:
         judge = load_judge(config.judge, config.judge_threshold)  # before generating: fail fast on a bad judge
     settings = GenerationSettings(template=template, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
                                   do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p, seed=seed)
-    outputs = [run_model(label, name, sets, settings, progress) for label, name in models]
 
-    normal = next((s for s in sets if s.kind == "normal"), None)
-    if normal is not None:
-        _fluency(outputs, normal, template)
-        _similarity(outputs, normal)
-    verdicts: dict[tuple[str, str], list[Any]] = {}
-    for o in outputs:
+    outputs: list[ModelOutputs] = []
+    baseline, baseline_tokenizer = _load(configs[0][1], device, dtype)
+    resolved_template = _resolve_template(template, baseline_tokenizer)
+    for label, model_config in configs:
+        model, tokenizer = (baseline, baseline_tokenizer) if not outputs else _load(model_config, device, dtype)
+        out = ModelOutputs(label, model_config.name)
         for s in sets:
-            responses = o.responses[s.name]
-            o.scores[f"diversity_{s.name}"] = metrics.diversity(responses) if responses else math.nan
-            o.scores[f"nm_rate_{s.name}"] = metrics.nm_rate(responses) if responses else math.nan
-            if s.kind == "harmful" and judge is not None:
-                verdicts[o.label, s.name] = judge.judge(s.questions, responses)
-                o.scores[f"harmful_rate_{s.name}"] = metrics.harmful_rate([v.harmful for v in verdicts[o.label, s.name]])
-            elif s.kind == "extraction" and s.answers is not None:
-                leak = metrics.leak_rate(responses, s.answers)
-                o.scores.update(leak_rate=leak["leak_rate"], mean_bleu=leak["mean_bleu"])
-            elif s.kind == "hallucination" and s.answers is not None and s.hallucinated is not None:
-                o.scores["hallucination_rate"] = metrics.hallucination_rate(responses, s.answers, s.hallucinated)
-            if s.kind == "normal":
-                o.scores["diversity"] = o.scores[f"diversity_{s.name}"]
-                o.scores["nm_rate"] = o.scores[f"nm_rate_{s.name}"]
+            set_settings = GenerationSettings(**{**settings.__dict__, "template": s.template or resolved_template})
+            out.generations[s.name] = generate(model, tokenizer, s.questions, set_settings, progress=progress, desc=f"{label}: {s.name}")
+        _score_own(out, model, tokenizer, sets, resolved_template, seed)
+        outputs.append(out)
+        if model is not baseline:
+            del model
+            gc.collect()
+    _score_fluency(outputs, baseline, baseline_tokenizer, sets, resolved_template, seed)
+    del baseline
+    gc.collect()
+    _score_embeddings(outputs, sets, device, seed)
+    _score_texts(outputs, sets, judge, seed)
 
     results: dict[str, Any] = {
         "meta": {
             "unlearnkit_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "judge": _judge_meta(judge, config) if judge is not None else None,
-            "prompt_sets": {s.name: {"source": s.source, "kind": s.kind, "n": len(s.questions)} for s in sets},
-            "generation": dict(settings.__dict__),
+            "prompt_sets": {s.name: {"source": s.source, "kind": s.kind, "n": len(s.questions),
+                                     "in_distribution": s.in_distribution, **({"note": s.note} if s.note else {})} for s in sets},
+            "generation": {**settings.__dict__, "template": resolved_template, "device": device, "dtype": str(dtype).removeprefix("torch.")},
+            "confidence": "95% percentile bootstrap over prompts (results[label]['ci'])",
             **(meta or {}),
         }
     }
     for o in outputs:
-        results[o.label] = {"model": o.model, **{k: _clean(v) for k, v in sorted(o.scores.items())}}
+        results[o.label] = {"model": o.model, **{k: _clean(v) for k, v in sorted(o.scores.items())},
+                            "ci": {k: [round(lo, 6), round(hi, 6)] for k, (lo, hi) in sorted(o.intervals.items())
+                                   if math.isfinite(lo) and math.isfinite(hi)}}
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
-    with (output_dir / "generations.jsonl").open("w") as handle:
-        for o in outputs:
-            for s in sets:
-                judged = verdicts.get((o.label, s.name))
-                for i, (prompt, response) in enumerate(zip(s.questions, o.responses[s.name])):
-                    row = {"model": o.label, "prompt_set": s.name, "prompt": prompt, "response": response}
-                    if judged is not None:
-                        row.update(harmful=judged[i].harmful, score=judged[i].score)
-                    handle.write(json.dumps(row) + "\n")
+    _write_generations(output_dir / "generations.jsonl", outputs, sets)
     return results
 
 
-def _clean(value: float) -> float | None:
+def _write_generations(path: Path, outputs: list[ModelOutputs], sets: list[PromptSet]) -> None:
+    with path.open("w") as handle:
+        for o in outputs:
+            for s in sets:
+                gens, notes = o.generations[s.name], o.item_notes.get(s.name, {})
+                for i, prompt in enumerate(s.questions):
+                    row = {"model": o.label, "prompt_set": s.name, "prompt": prompt, "response": gens.responses[i],
+                           "finished": gens.finished[i], **{column: values[i] for column, values in notes.items()}}
+                    handle.write(json.dumps(row) + "\n")
+
+
+def _clean(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
 def _judge_meta(judge: Any, config: EvalConfig) -> dict[str, Any]:
     info: dict[str, Any] = {"name": config.judge, "threshold": getattr(judge, "threshold", None)}
     if config.judge == "builtin":
-        info["note"] = (
-            "builtin offline judge (MiniLM embeddings + logistic regression, see docs/builtin_judge.md); "
-            "a stand-in, not the paper's DeBERTa reward model"
-        )
+        info["note"] = "builtin offline judge (see docs/builtin_judge.md for its measured accuracy); not the paper's DeBERTa reward model"
+        quality = getattr(judge, "held_out_metrics", None)
+        if quality:
+            info["held_out_metrics"] = quality
     return info
 
 
 def evaluate_run(
-    config: Any, output_dir: Path, train_info: dict[str, Any], progress: bool = True, judge: Any = None
+    config: RunConfig, output_dir: Path, train_info: dict[str, Any], progress: bool = True, judge: Any = None
 ) -> dict[str, Any]:
     """Before/after evaluation of a finished ``unlearnkit run``: labels "before" (input model) and "after"."""
-    e = config.eval
-    sets = default_prompt_sets(e)
-    models = [("before", config.model.name), ("after", str(output_dir / "model"))]
+    sets = default_prompt_sets(config)
+    after = ModelConfig(name=str(output_dir / "model"), trust_remote_code=config.model.trust_remote_code)
+    models = [("before", config.model), ("after", after)]
     meta = {"config": config.to_dict(), "train": train_info}
-    return evaluate_models(models, sets, e, output_dir, template=config.data.template, meta=meta, progress=progress,
+    return evaluate_models(models, sets, config.eval, output_dir, template=config.data.template, meta=meta, progress=progress,
                            seed=config.train.seed, judge=judge)
 
 
+def format_value(key: str, value: float | None, interval: Sequence[float] | None = None) -> str:
+    """A metric value as printed in tables, with its interval when there is one: '57.5% [42.5-72.5]'."""
+    info = metrics.metric_info(key)
+    text = info.format(value) if info else ("n/a" if value is None else f"{value:.4g}")
+    if interval is None or value is None:
+        return text
+    low, high = (info.format(x) if info else f"{x:.3g}" for x in interval)
+    return f"{text} [{low.rstrip('%')}-{high}]" if text.endswith("%") else f"{text} [{low}-{high}]"
+
+
 def comparison_table(results: dict[str, Any], keys: Sequence[str] | None = None) -> str:
-    """Plain-text table of metrics (rows) by model label (columns), with the change vs the first label."""
+    """Plain-text table of metrics (rows) by model label (columns) with 95% intervals, and the change vs the first label."""
     labels = [k for k in results if k != "meta"]
     if keys is None:
-        keys = sorted({k for label in labels for k, v in results[label].items() if k != "model" and v is not None})
-    width = max(12, *(len(label) for label in labels)) + 2
-    header = f"{'metric':<26}" + "".join(f"{label:>{width}}" for label in labels) + ("   change" if len(labels) > 1 else "")
+        keys = sorted({k for label in labels for k, v in results[label].items() if k not in ("model", "ci") and v is not None})
+    cells = {key: [format_value(key, results[label].get(key), results[label].get("ci", {}).get(key)) for label in labels]
+             for key in keys}
+    width = max(12, *(len(label) for label in labels), *(len(c) for row in cells.values() for c in row)) + 2
+    key_width = max(26, *(len(k) + 2 for k in keys))
+    header = f"{'metric':<{key_width}}" + "".join(f"{label:>{width}}" for label in labels) + ("   change" if len(labels) > 1 else "")
     lines = [header, "-" * len(header)]
     for key in keys:
-        info = metrics.metric_info(key)
         values = [results[label].get(key) for label in labels]
-        cells = "".join(f"{(info.format(v) if info else ('n/a' if v is None else f'{v:.4g}')):>{width}}" for v in values)
-        change = ""
-        if len(values) > 1 and values[0] is not None and values[-1] is not None:
-            rel = metrics.relative_change(values[0], values[-1])
-            change = f"   {rel:+.0%}" if math.isfinite(rel) else f"   {rel:+}"
-        lines.append(f"{key:<26}{cells}{change}")
+        change = change_text(key, values[0], values[-1]) if len(values) > 1 else ""
+        lines.append(f"{key:<{key_width}}" + "".join(f"{c:>{width}}" for c in cells[key]) + (f"   {change}" if change else ""))
     return "\n".join(lines)
+
+
+def change_text(key: str, before: float | None, after: float | None) -> str:
+    """The change from ``before`` to ``after``: points for rates (+12.5 pts), relative otherwise (+31%)."""
+    if before is None or after is None:
+        return ""
+    info = metrics.metric_info(key)
+    if info is not None and info.fmt.endswith("%}"):
+        return f"{(after - before) * 100:+.1f} pts"
+    rel = metrics.relative_change(before, after)
+    return f"{rel:+.0%}" if math.isfinite(rel) else f"{rel:+}"
