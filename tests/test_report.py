@@ -85,8 +85,9 @@ def test_the_page_opens_with_the_verdict_forgetting_beside_utility(report):
     opening = page[:first_heading]
     assert "Forgetting: harmful rate on forget prompts 62.0% [45.0-78.0%] → 4.0% [0.0-10.0%]" in opening
     assert "Utility: on topic rate on benign prompts 100.0% [100.0-100.0%] → 27.5% [15.0-42.5%]" in opening
-    assert "⚠ Utility damaged" in opening and "fell by more than 10 points" in opening
-    assert markdown.index("⚠ Utility damaged") < markdown.index("## ")
+    assert "after vs before: ⚠ utility damaged" in opening and "fell by more than 10 points" in opening
+    assert opening.index("utility damaged") < opening.index("Forgetting:")  # the verdict comes first
+    assert markdown.index("⚠ utility damaged") < markdown.index("## ")
 
 
 def test_verdict_applies_each_utility_check():
@@ -173,7 +174,7 @@ def test_single_label_without_log_or_generations_renders(run_dir):
     assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown) == ["report_forgetting.png"]
     assert not (run_dir / "report_losses.png").exists()  # a stale plot must not outlive its data
     assert _tables(page)[0] == [["metric", "base"], ["harmful_rate_forget", "25.0%"], ["fluency_ppl_benign", "n/a"]]
-    assert "base: harmful rate on forget prompts 25.0%" in markdown
+    assert "- base: harmful rate on forget prompts 25.0%" in markdown
     assert "Sample outputs" not in page
 
 

@@ -219,22 +219,19 @@ def verdict(run: Run, label: str) -> Verdict:
 
 
 def _verdict_lines(run: Run) -> list[tuple[str, str]]:
-    """(css class, text) lines: one block per non-baseline model."""
+    """(css class, text) lines: per non-baseline model, its utility verdict then one line per headline metric."""
     lines: list[tuple[str, str]] = []
     baseline, *others = run.labels
     for label in others:
         v = verdict(run, label)
-        lines.append(("head", f"{label} vs {baseline}"))
-        lines.append(("forget", "Forgetting: " + ("; ".join(v.forgetting) if v.forgetting else "no forgetting metric")))
-        lines.append(("utility", "Utility: " + ("; ".join(v.utility) if v.utility else "no utility metric")))
-        if v.problems:
-            lines.append(("bad", "⚠ Utility damaged: " + "; ".join(v.problems) + "."))
-        elif v.checked:
-            lines.append(("good", f"✓ Utility kept: all {v.checked} utility checks pass."))
+        status = (f"⚠ utility damaged: {'; '.join(v.problems)}" if v.problems
+                  else f"✓ utility kept (all {v.checked} utility checks pass)" if v.checked else "utility not measured")
+        lines.append(("bad" if v.problems else "good" if v.checked else "head", f"{label} vs {baseline}: {status}"))
+        lines += [("forget", "Forgetting: " + text) for text in v.forgetting]
+        lines += [("utility", "Utility: " + text) for text in v.utility]
     if not others:
         present = set(run.metric_keys)
-        keys = [k for k in FORGETTING + UTILITY if k in present]
-        lines.append(("forget", f"{baseline}: " + "; ".join(f"{_display_name(k)} {run.text(baseline, k)}" for k in keys)))
+        lines += [("forget", f"{baseline}: {_display_name(k)} {run.text(baseline, k)}") for k in FORGETTING + UTILITY if k in present]
     return lines
 
 
@@ -276,20 +273,28 @@ def _group_figure(run: Run, keys: tuple[str, ...]) -> Figure | None:
                 errors[0][i] = max(0.0, values[i] - interval[0] * scale)
                 errors[1][i] = max(0.0, interval[1] * scale - values[i])
         positions = list(range(len(labels)))[::-1]  # baseline on top
-        ax.barh(positions, [0.0 if math.isnan(v) else v for v in values], xerr=errors, color=colors, capsize=3,
-                error_kw={"elinewidth": 1, "ecolor": "#333"})
-        for y, label, v in zip(positions, labels, values):
-            ax.text(0.01, y, " " + run.text(label, key).split(" [")[0], va="center", ha="left", fontsize=7,
-                    transform=ax.get_yaxis_transform(), color="white" if not math.isnan(v) and v > 0 else "#333")
+        bars = ax.barh(positions, [0.0 if math.isnan(v) else v for v in values], xerr=errors, color=colors, capsize=3,
+                       error_kw={"elinewidth": 1, "ecolor": "#555"}, alpha=0.85)
+        if is_rate:
+            ax.set_xlim(0, 100)
+        elif info is not None and info.key in ("similarity_to_original", "relevance", "distinct1", "distinct2"):
+            ax.set_xlim(0, 1)
+        else:
+            ax.set_xlim(0, max([v + e for v, e in zip(values, errors[1]) if math.isfinite(v)] + [1e-9]) * 1.25)
+        span = ax.get_xlim()[1]
+        # Each value right of its bar and interval, or inside the bar when that would leave the axis.
+        for bar, label, v, upper in zip(bars, labels, values, errors[1]):
+            text = run.text(label, key).split(" [")[0]
+            end = (0.0 if math.isnan(v) else v) + upper
+            inside = end > 0.78 * span
+            ax.text(bar.get_x() + 0.02 * span if inside else end + 0.02 * span, bar.get_y() + bar.get_height() / 2, text,
+                    va="center", ha="left", fontsize=7.5, weight="bold", color="white" if inside else "#222")
         ax.set_yticks(positions, labels, fontsize=8)
         direction = "" if info is None else (" ↑" if info.higher_is_better else " ↓")
         ax.set_title(_display_name(key) + direction, fontsize=8.5, wrap=True)
         ax.tick_params(axis="x", labelsize=7)
         if is_rate:
-            ax.set_xlim(0, 100)
             ax.set_xlabel("%", fontsize=7)
-        elif info is not None and info.key in ("similarity_to_original", "relevance", "distinct1", "distinct2"):
-            ax.set_xlim(0, 1)
         ax.grid(axis="x", alpha=0.3)
     return figure
 
@@ -410,8 +415,8 @@ def _render_markdown(run: Run, rows: list[MetricRow], samples: dict, plots: list
     baseline, *others = run.labels
     lines = [f"# unlearnkit report: {run.name}", ""]
     for css, text in _verdict_lines(run):
-        lines.append(f"**{_md_cell(text)}**" if css in ("head", "bad", "good") else _md_cell(text))
-        lines.append("")
+        lines.append(f"**{_md_cell(text)}**\n" if css in ("head", "bad", "good") else f"- {_md_cell(text)}")
+    lines.append("")
     if note := _judge_note(run.meta):
         lines += [f"> {_md_cell(note)}", ""]
     for name in plots:
@@ -449,7 +454,7 @@ th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums;
 td.text{white-space:pre-wrap;max-width:30em;font-size:.86em}
 .better{color:#17803d}.worse{color:#c2410c}.note{color:#555;font-size:.92em}
 .verdict{border:1px solid #d8d8d8;border-radius:6px;padding:.6em 1em;background:#fafafa}
-.verdict p{margin:.35em 0}.verdict .head{font-weight:600;font-size:1.05em}
+.verdict p{margin:.25em 0}.verdict .head{font-weight:600;font-size:1.05em}.verdict .forget,.verdict .utility{margin-left:1.2em}
 .verdict .bad{color:#b91c1c;font-weight:600}.verdict .good{color:#15803d;font-weight:600}
 .warning{background:#fff7e6;border-left:4px solid #f59e0b;padding:.5em .8em}
 [title]{text-decoration:underline dotted;cursor:help}img{max-width:100%}pre{background:#f6f8fa;padding:.8em;overflow:auto}
