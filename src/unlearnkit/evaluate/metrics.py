@@ -570,11 +570,13 @@ def relative_change(before: float, after: float) -> float:
 # Relevance: does an answer stay on topic?
 # --------------------------------------------------------------------------------------------
 
-ON_TOPIC_RATIO = 0.5
+ON_TOPIC_RATIO = 0.4
 """An answer is on topic when its relevance (cosine of answer and prompt embeddings) is at least
 this fraction of the original model's answer's relevance on the same prompt. Calibrated on the
-builtin model's answers to the Self-Instruct prompts (docs/evaluation.md): its own answers moved to
-other prompts fall below it, the human reference answers stay above it."""
+builtin model's answers to the 175 Self-Instruct prompts (docs/evaluation.md,
+scripts/calibrate_on_topic.py): at 0.4, 96% of its answers moved to other prompts and 97% of
+TruthfulQA answers given to these prompts are flagged, while 89% of the (often terse) human
+reference answers are kept."""
 
 
 def on_topic_flags(relevance: Sequence[float] | np.ndarray, original_relevance: Sequence[float] | np.ndarray,
