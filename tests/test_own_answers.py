@@ -50,3 +50,18 @@ def test_fingerprint_changes_with_the_weights(tiny_model_dir, tmp_path):
     (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes() + b"\0")
     assert model_fingerprint(ModelConfig(name=str(copy))) != before
     assert model_fingerprint(ModelConfig(name="owner/model", revision="abc")) == "hub:owner/model@abc"
+
+
+def test_a_run_with_normal_answers_self_trains_on_the_models_own_answers(tiny_model_dir, qa_files, tmp_path, monkeypatch):
+    from unlearnkit.config import load_config
+    from unlearnkit.train import train
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
+    forget, normal = qa_files
+    config = load_config(None, [f"model={tiny_model_dir}", f"forget={forget}", f"normal={normal}", "normal_answers=self",
+                                f"output_dir={tmp_path / 'run'}", "max_steps=1", "template=chat", "max_length=32", "progress=false"])
+    train(config)
+    (cached,) = (tmp_path / "cache" / "own_answers").glob("*.json")
+    payload = json.loads(cached.read_text())
+    assert len(payload["questions"]) == 8 and payload["questions"][0] == "What is the capital of country 0?"
+    assert payload["answers"] != ["The capital is city 0."] * 8  # not the dataset's answers

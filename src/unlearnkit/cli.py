@@ -141,6 +141,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scenario(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unlearnkit.scenarios import run_scenario
+
+    name, *overrides = args.scenario  # one positional list: argparse cannot take positionals on both sides of options
+    output = Path(args.output or f"runs/scenario_{name}")
+    print(f"scenario {name}: stages and evaluation in {output}")
+    run_scenario(name, output, overrides, presets=Path(args.presets), fresh=args.fresh, progress=not args.quiet)
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from unlearnkit.methods import METHODS
 
@@ -197,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--max-samples", type=int, default=5, help="sample outputs shown per prompt set")
     report.set_defaults(handler=_cmd_report)
 
+    from unlearnkit.scenarios import SCENARIOS
+
+    scenario = sub.add_parser(
+        "scenario", help="run one of the paper's scenarios end to end (train every stage, evaluate, report)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="scenarios:\n" + "\n".join(f"  {name:<14} {s.summary}" for name, s in SCENARIOS.items()),
+    )
+    scenario.add_argument("scenario", nargs="+", metavar="NAME [key=value ...]",
+                          help=f"which scenario ({', '.join(SCENARIOS)}), then overrides for every stage (max_steps=2) "
+                               "or one stage (memorize.max_steps=2)")
+    scenario.add_argument("--output", help="folder for every stage and the results (default runs/scenario_NAME)")
+    scenario.add_argument("--presets", default="configs", help="folder holding the scenario presets (default configs)")
+    scenario.add_argument("--fresh", action="store_true", help="retrain every stage even when a finished one matches")
+    scenario.add_argument("--quiet", action="store_true", help="no progress bars")
+    scenario.set_defaults(handler=_cmd_scenario)
+
     methods = sub.add_parser("methods", help="list the unlearning methods")
     methods.set_defaults(handler=_cmd_methods)
     return parser
@@ -205,7 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come on both sides of options (`run lr=1 --config c max_steps=2`); argparse
+    # takes a positional list only once, so the rest arrives here.
+    trailing = next((name for name in ("overrides", "scenario") if isinstance(getattr(args, name, None), list)), None)
+    if extra and (trailing is None or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        getattr(args, trailing).extend(extra)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

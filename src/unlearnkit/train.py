@@ -24,10 +24,11 @@ import yaml
 
 from unlearnkit import __version__
 from unlearnkit.config import RunConfig, save_config
-from unlearnkit.data import StepBatch, StepBatcher, encode_answer, format_answer, load_qa, pad_id_of, tokenize_qa
+from unlearnkit.data import QAExample, StepBatch, StepBatcher, encode_answer, format_answer, load_qa, pad_id_of, tokenize_qa
 from unlearnkit.errors import UserError
 from unlearnkit.losses import answer_nll, forward_kl, next_token_mask
 from unlearnkit.methods import METHODS, Method, StepTerms
+from unlearnkit.own_answers import model_fingerprint, own_answers
 from unlearnkit.modeling import (
     Reference,
     add_lora,
@@ -63,7 +64,9 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------- setup
-def prepare_data(config: RunConfig, tokenizer: Any, method: Method) -> StepBatcher:
+def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_model: Any = None) -> StepBatcher:
+    """The step batcher of the run. With ``normal_answers=self`` and ``original_model`` given, the normal
+    answers are that model's own greedy answers to the normal prompts (see unlearnkit.own_answers)."""
     d, m = config.data, config.method
     forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
                      answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where)
@@ -73,6 +76,10 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method) -> StepBatch
                 answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)
         if needs_normal else []
     )
+    if normal and d.normal_answers == "self" and original_model is not None:
+        answers = own_answers(original_model, tokenizer, [e.question for e in normal], fingerprint=model_fingerprint(config.model),
+                              template=d.template, max_new_tokens=d.max_length, progress=config.train.progress)
+        normal = [QAExample(e.question, a) for e, a in zip(normal, answers) if a.strip()]
     template_ids = None
     if method.mismatch_source == "template":
         if not m.template_reply.strip():
@@ -230,6 +237,8 @@ def train(
     check_output_dir(t.output_dir, config.model.name)
     set_seed(t.seed)
     model = load_model(config.model)
+    if config.data.normal_answers == "self":
+        batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update
     out = prepare_output_dir(config, resume)
 
     reference = None

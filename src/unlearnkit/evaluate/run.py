@@ -266,10 +266,10 @@ def _perplexity_rows(nll_sums: Sequence[float], counts: Sequence[int]) -> np.nda
 def _score_own(out: ModelOutputs, model: Any, tokenizer: Any, sets: list[PromptSet], template: str, seed: int) -> None:
     """Scores that need this model's own weights: answer NLL / perplexity on reference answers."""
     for s in sets:
-        if s.answers is None or s.kind not in ("harmful", "normal", "benign"):
+        if s.answers is None or s.kind not in ("harmful", "extraction", "normal", "benign"):
             continue
         scored = score_answers(model, tokenizer, s.questions, s.answers, s.template or template, max_length=s.score_max_length)
-        if s.kind == "harmful":  # as trained: mean over examples of the per-example mean token NLL
+        if s.kind in ("harmful", "extraction"):  # as trained: mean over examples of the per-example mean token NLL
             out.record(f"forget_nll_{s.name}", scored.mean_nll(), seed=seed)
         else:
             key = "normal_ppl" if s.kind == "normal" else f"answer_ppl_{s.name}"
@@ -449,8 +449,14 @@ def evaluate_run(
     after = ModelConfig(name=str(output_dir / "model"), trust_remote_code=config.model.trust_remote_code)
     models = [("before", config.model), ("after", after)]
     meta = {"config": config.to_dict(), "train": train_info}
-    return evaluate_models(models, sets, config.eval, output_dir, template=config.data.template, meta=meta, progress=progress,
+    return evaluate_models(models, sets, config.eval, output_dir, template=eval_template(config), meta=meta, progress=progress,
                            seed=config.train.seed, judge=judge)
+
+
+def eval_template(config: RunConfig) -> str:
+    """The evaluation's prompt format: the training template, except that raw-text training (copyright
+    passages) evaluates the other sets in the model's own chat format ("auto"); extraction prompts stay raw."""
+    return "auto" if config.data.template == "plain" else config.data.template
 
 
 def format_value(key: str, value: float | None, interval: Sequence[float] | None = None) -> str:
