@@ -22,6 +22,7 @@ from unlearnkit.data import (
     TokenizedQA,
     collate,
     encode_answer,
+    encode_pair,
     encode_prompt,
     format_answer,
     format_prompt,
@@ -72,6 +73,62 @@ def test_paper_template_answer_mask(tokenizer_name: str, request: pytest.Fixture
     # EOS ends the answer and appears nowhere else.
     assert answer_ids[-1] == ids[-1] == tok.eos_token_id
     assert ids.count(tok.eos_token_id) == 1
+
+
+def sentencepiece_tokenizer(legacy: bool):
+    """A Llama-style SentencePiece BPE tokenizer (pieces start with "▁", BOS on every text, EOS </s>).
+
+    legacy=True is Llama-2's tokenizer.json: the normalizer prepends "▁" to EVERY text and turns spaces
+    into "▁" (no pre-tokenizer), so a text tokenized on its own starts with a "▁" piece of its own.
+    legacy=False is the newer Metaspace pre-tokenizer that prepends "▁" only at the start of the text.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import CORPUS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True))
+    # SentencePiece pieces never hold an inner "▁": learn merges on whitespace-split words.
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    alphabet = sorted(set("".join(CORPUS) + "MadridSpain?.,:#\n"))
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet))
+    if legacy:
+        tok.pre_tokenizer = None
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-normalizer", "metaspace"])
+@pytest.mark.parametrize("template", ["paper", "plain"])
+def test_sentencepiece_seam_keeps_the_joined_tokenization(legacy: bool, template: str) -> None:
+    tok = sentencepiece_tokenizer(legacy)
+    question, answer = "What is the capital of Spain?", "Madrid, the capital, is lovely."
+    prompt = format_prompt(tok, question, template)
+    answer_text = format_answer(answer, template, prompt)
+    (tokenized,) = tokenize_qa(tok, [QAExample(question, answer)], template)
+    joined = tok(prompt + answer_text)["input_ids"]
+    assert tokenized.prompt_ids + tokenized.answer_ids == joined + [tok.eos_token_id]
+    assert tokenized.prompt_ids == encode_prompt(tok, prompt)  # the prompt is exactly what is masked
+    assert tok.convert_ids_to_tokens(tokenized.answer_ids[0]).startswith("▁")  # the first answer piece is kept
+    assert tok.decode(tokenized.answer_ids[:-1]).strip() == answer
+    if legacy:
+        # Why: the answer tokenized on its own gains a stray "▁" piece the model never produces after the prompt.
+        alone = encode_answer(tok, answer_text)
+        assert encode_prompt(tok, prompt) + alone != joined + [tok.eos_token_id]
+
+
+def test_encode_pair_falls_back_when_a_merge_crosses_the_seam(chatml_tokenizer) -> None:
+    tok = chatml_tokenizer
+    prompt = "### Question: hi\n ### Answer: "  # ends in a space that merges into the next word when joined
+    assert tok(prompt + "the", add_special_tokens=False)["input_ids"][: len(encode_prompt(tok, prompt))] != encode_prompt(tok, prompt)
+    prompt_ids, answer_ids = encode_pair(tok, prompt, "the")
+    assert prompt_ids == encode_prompt(tok, prompt) and answer_ids == encode_answer(tok, "the")
+    assert encode_pair(tok, prompt, "", eos=False)[1] == []
 
 
 def test_bos_once_for_llama_never_for_chatml(llama_tokenizer, chatml_tokenizer) -> None:

@@ -198,12 +198,35 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return list(ids)
 
 
-def encode_answer(tokenizer: Any, answer: str) -> list[int]:
-    """Answer ids followed by EOS, so the model learns (or unlearns) where the answer ends."""
-    ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+def _with_eos(tokenizer: Any, ids: list[int]) -> list[int]:
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+def encode_answer(tokenizer: Any, answer: str) -> list[int]:
+    """Answer ids (tokenized on their own) followed by EOS, so the model learns (or unlearns) where the answer ends."""
+    return _with_eos(tokenizer, list(tokenizer(answer, add_special_tokens=False)["input_ids"]))
+
+
+def encode_pair(tokenizer: Any, prompt: str, answer: str, eos: bool = True) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids [+ EOS]) whose concatenation is exactly how the joined text tokenizes.
+
+    The answer ids are the joined text's ids after the prompt's, whenever the prompt's ids are a prefix
+    of the joined text's (the mask boundary is a token index, never a string search). That holds the
+    seam for every tokenizer family: byte-level BPE merges " Paris" as one token only after the prompt,
+    and SentencePiece tokenizers with the legacy normalizer (Llama-2) prepend a "▁" to a text tokenized
+    on its own, so " Paris" alone would start with a stray "▁" piece the model never produces after the
+    prompt. When a merge crosses the seam (a prompt ending in a space), the prompt ids are kept and the
+    answer is tokenized on its own, so the prompt is still exactly masked.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    joined = encode_prompt(tokenizer, prompt + answer) if answer else prompt_ids
+    if joined[: len(prompt_ids)] == prompt_ids:
+        answer_ids = joined[len(prompt_ids):]
+    else:
+        answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    return prompt_ids, _with_eos(tokenizer, answer_ids) if eos else answer_ids
 
 
 def join_prompt_answer(
@@ -255,7 +278,7 @@ def tokenize_qa(tokenizer: Any, examples: Sequence[QAExample], template: str) ->
     out = []
     for example in examples:
         prompt = format_prompt(tokenizer, example.question, template)
-        out.append(TokenizedQA(encode_prompt(tokenizer, prompt), encode_answer(tokenizer, format_answer(example.answer, template, prompt))))
+        out.append(TokenizedQA(*encode_pair(tokenizer, prompt, format_answer(example.answer, template, prompt))))
     return out
 
 

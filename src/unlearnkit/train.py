@@ -24,7 +24,17 @@ import yaml
 
 from unlearnkit import __version__
 from unlearnkit.config import RunConfig, save_config
-from unlearnkit.data import QAExample, StepBatch, StepBatcher, encode_answer, format_answer, load_qa, pad_id_of, tokenize_qa
+from unlearnkit.data import (
+    QAExample,
+    StepBatch,
+    StepBatcher,
+    encode_pair,
+    format_answer,
+    format_prompt,
+    load_qa,
+    pad_id_of,
+    tokenize_qa,
+)
 from unlearnkit.errors import UserError
 from unlearnkit.losses import answer_nll, forward_kl, next_token_mask
 from unlearnkit.methods import METHODS, Method, StepTerms
@@ -84,7 +94,9 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
     if method.mismatch_source == "template":
         if not m.template_reply.strip():
             raise UserError("template_reply is empty; give the fixed reply the templated method should learn")
-        template_ids = encode_answer(tokenizer, format_answer(m.template_reply, d.template))
+        # Tokenized after a real prompt, so the seam is the one every forget prompt has (see data.encode_pair).
+        prompt = format_prompt(tokenizer, forget[0].question, d.template)
+        template_ids = encode_pair(tokenizer, prompt, format_answer(m.template_reply, d.template, prompt))[1]
     return StepBatcher(
         tokenize_qa(tokenizer, forget, d.template),
         tokenize_qa(tokenizer, normal, d.template),

@@ -13,7 +13,7 @@ import torch
 
 from unlearnkit.data import (
     collate,
-    encode_answer,
+    encode_pair,
     encode_prompt,
     format_answer,
     format_prompt,
@@ -164,9 +164,8 @@ def score_answers(
     sequences = []
     for question, answer, eos in zip(questions, answers, eos_flags):
         prompt = format_prompt(tokenizer, question, template)
-        text = format_answer(answer, template, prompt) if answer else ""
-        answer_ids = encode_answer(tokenizer, text) if eos else list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        sequences.append(join_prompt_answer(encode_prompt(tokenizer, prompt), answer_ids, max_length, tokenizer.bos_token_id))
+        prompt_ids, answer_ids = encode_pair(tokenizer, prompt, format_answer(answer, template, prompt) if answer else "", eos=eos)
+        sequences.append(join_prompt_answer(prompt_ids, answer_ids, max_length, tokenizer.bos_token_id))
     device = model_device(model)
     was_training = model.training
     model.eval()
