@@ -7,6 +7,8 @@ What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answ
   builtin harm judge. CC-BY-NC-4.0 (non-commercial). Contains offensive and harmful text.
 - ``truthfulqa_train`` / ``truthfulqa_val`` / ``truthfulqa_test``: TruthfulQA question + best answer, the
   normal (retain) data, 70/10/20. Apache-2.0.
+- ``truthfulqa_answers``: every best, correct and incorrect answer of the train split's questions (the
+  paper's official random-mismatch pool). Apache-2.0.
 - ``halueval_train`` / ``halueval_test``: HaluEval QA with the hallucinated answer as ``answer`` (to forget)
   plus ``right_answer`` and ``knowledge``. MIT.
 - ``selfinstruct_benign``: the 175 Self-Instruct seed instructions with a human reference answer; benign
@@ -85,6 +87,8 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
         ),
         _entry("truthfulqa_val", "normal Q&A: question + best answer, 10% validation split", "Apache-2.0", _TRUTHFULQA),
         _entry("truthfulqa_test", "normal Q&A: question + best answer, 20% test split", "Apache-2.0", _TRUTHFULQA),
+        _entry("truthfulqa_answers", "the official code's random-mismatch pool: best, correct and incorrect answers of the "
+               "train split's questions", "Apache-2.0", _TRUTHFULQA, family="truthfulqa"),
         _entry(
             "halueval_train",
             "questions with a hallucinated answer to forget, plus right_answer and knowledge",
