@@ -21,10 +21,11 @@ from pathlib import Path
 
 from unlearnkit.config import load_config
 from unlearnkit.evaluate.run import default_prompt_sets, evaluate_models, format_value
+from unlearnkit.scenarios import reusable
 from unlearnkit.train import train
 
 COLUMNS = ("harmful_rate_forget", "harmful_rate_heldout", "on_topic_rate_benign", "similarity_to_original_benign",
-           "nm_rate_benign", "refusal_rate_overrefusal", "fluency_ppl_benign", "forget_nll_forget")
+           "nm_rate_benign", "refusal_rate_overrefusal", "on_topic_rate_overrefusal", "fluency_ppl_benign", "forget_nll_forget")
 PAPER_VARIANTS = ("ga:method=ga", "ga_mismatch:method=ga_mismatch", "ga_mismatch_kl:method=ga_mismatch_kl",
                   "templated:method=templated")
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", help="NAME:key=value,... (repeat); default: the paper's four methods")
     parser.add_argument("--output", default="runs/ablation")
     parser.add_argument("--columns", default=",".join(COLUMNS))
+    parser.add_argument("--retrain", action="store_true", help="train every variant even when a finished run matches")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     root = Path(args.output)
@@ -61,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, overrides in variants:
         config = load_config(args.config, [*args.overrides, *overrides, f"output_dir={root / name}", "overwrite=true",
                                            "eval_before_after=false", "progress=false"])
-        started = time.perf_counter()
-        result = train(config)
-        seconds[name] = time.perf_counter() - started
-        print(f"{name}: {result.steps} steps in {result.seconds:.0f}s, last forget NLL {result.last_log['forget_nll']:.3f}", flush=True)
+        if not args.retrain and reusable(config, root / name):
+            print(f"{name}: already trained with this config (reused; --retrain to redo)", flush=True)
+        else:
+            started = time.perf_counter()
+            result = train(config)
+            seconds[name] = time.perf_counter() - started
+            print(f"{name}: {result.steps} steps in {result.seconds:.0f}s, last forget NLL {result.last_log['forget_nll']:.3f}", flush=True)
         models.append((name, str(root / name / "model")))
 
     config = load_config(args.config, args.overrides)

@@ -14,7 +14,8 @@ from unlearnkit.errors import UserError
 
 
 DEMO_KEYS = ("harmful_rate_forget", "harmful_rate_heldout", "on_topic_rate_benign", "similarity_to_original_benign",
-             "nm_rate_benign", "refusal_rate_overrefusal", "fluency_ppl_benign", "distinct2_benign", "forget_nll_forget")
+             "nm_rate_benign", "refusal_rate_overrefusal", "on_topic_rate_overrefusal", "fluency_ppl_benign", "distinct2_benign",
+             "forget_nll_forget")
 
 
 def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] | None = None) -> dict:

@@ -73,7 +73,7 @@ def _stage_config(presets: Path, stage: Stage, root: Path, model: str | None, ov
     return load_config(path, [*overrides, *pinned])
 
 
-def _reusable(config: RunConfig, out: Path) -> bool:
+def reusable(config: RunConfig, out: Path) -> bool:
     """A finished stage with the same resolved config (its model exists) need not be trained again."""
     saved, info = out / "config.yaml", out / "run_info.json"
     if not ((out / "model" / "config.json").is_file() and saved.is_file() and info.is_file()):
@@ -110,7 +110,7 @@ def run_scenario(name: str, output_dir: Path, overrides: list[str], *, presets: 
     timings: dict[str, Any] = {}
     for stage, config in zip(scenario.stages, configs):
         out = output_dir / stage.name
-        if not fresh and _reusable(config, out):
+        if not fresh and reusable(config, out):
             print(f"{name}: stage '{stage.name}' already trained with this config -> {out / 'model'} (reused)")
             timings[stage.name] = {"reused": True, **json.loads((out / "run_info.json").read_text())}
             continue
