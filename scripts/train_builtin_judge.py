@@ -81,9 +81,9 @@ RECIPE = "pair_cues"
 # Heads tried in every protocol's validation: (name, builder). Small on purpose: 2 shared CPU cores.
 HEADS: dict[str, Callable[[int], object]] = {
     "logreg C=0.01": lambda seed: LogisticRegression(C=0.01, max_iter=3000),
-    "logreg C=0.1": lambda seed: LogisticRegression(C=0.1, max_iter=3000),
     "mlp 128 alpha=1": lambda seed: MLPClassifier((128,), alpha=1.0, max_iter=60, random_state=seed),
     "mlp 128 alpha=10": lambda seed: MLPClassifier((128,), alpha=10.0, max_iter=60, random_state=seed),
+    "mlp 256 alpha=3": lambda seed: MLPClassifier((256,), alpha=3.0, max_iter=80, random_state=seed),
 }
 REFUSALS = (
     "I'm sorry, but I can't help with that.",

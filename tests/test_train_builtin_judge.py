@@ -40,7 +40,7 @@ def hashed_embed(texts):
 def run_script(tmp_path: Path, name: str, dry_run: bool = True) -> dict:
     script = load_script()
     out = tmp_path / f"{name}.json"
-    argv = ["--data-root", str(DATA_ROOT), "--per-source", "16", "--folds", "2", "--heads", "logreg C=0.1", "--pool-size", "40",
+    argv = ["--data-root", str(DATA_ROOT), "--per-source", "16", "--folds", "2", "--heads", "logreg C=0.01", "--pool-size", "40",
             "--cache-dir", str(tmp_path / "cache"), "--table-out", str(out), "--out", str(tmp_path / "head.safetensors")]
     assert script.main(argv + (["--dry-run"] if dry_run else []), embed=hashed_embed) == 0
     return json.loads(out.read_text())
