@@ -543,14 +543,14 @@ def builtin_head_logits(tensors: dict[str, np.ndarray], features: np.ndarray) ->
 
 def _load_builtin_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The head's tensors and the metadata JSON stored in the safetensors header, checked."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.numpy import load_file
 
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="numpy") as handle:
             metadata = json.loads((handle.metadata() or {}).get(BUILTIN_METADATA_KEY, "{}"))
-    except (OSError, ValueError, json.JSONDecodeError) as error:  # SafetensorError is a ValueError/OSError subclass
+    except (OSError, ValueError, SafetensorError) as error:  # missing file, not safetensors, bad metadata JSON
         raise UserError(f"cannot read builtin judge weights {path}: {_one_line(error)}; re-create them with scripts/train_builtin_judge.py") from error
     required = ("format", "feature_recipe", "feature_dim", "threshold")
     absent = [key for key in required if key not in metadata]
