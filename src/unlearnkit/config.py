@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from unlearnkit.errors import UserError
+from unlearnkit.methods import METHODS
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
@@ -285,8 +286,6 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(f"bad config: {message}")
-    from unlearnkit.methods import METHODS  # late import: methods imports config for typing only
-
     if m.name not in METHODS:
         raise UserError(f"unknown method '{m.name}'; choose one of: {', '.join(METHODS)}")
 

@@ -313,11 +313,24 @@ FORGET_STREAM, NORMAL_STREAM = 1, 2
 
 @dataclass
 class StepBatch:
-    """One step's sequences as a single padded batch, [forget; mismatch; normal] along dim 0."""
+    """One step's sequences, [forget; mismatch; normal] in that order.
 
-    batch: dict[str, torch.Tensor]
+    ``sequences`` holds each (input_ids, labels) pair unpadded; ``slices`` says which of them belong
+    to which group. The training step packs them (unlearnkit.batching); ``batch`` is the plain
+    right-padded form (the reference computation the packed step is tested against).
+    """
+
+    sequences: list[tuple[list[int], list[int]]]
     slices: dict[str, slice]
-    num_tokens: int
+    pad_id: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids, _ in self.sequences)
+
+    @functools.cached_property
+    def batch(self) -> dict[str, torch.Tensor]:
+        return collate(self.sequences, self.pad_id)
 
 
 class StepBatcher:
@@ -378,4 +391,4 @@ class StepBatcher:
                 slices[name] = slice(start, start + len(rows))
                 sequences.extend(rows)
                 start += len(rows)
-        return StepBatch(collate(sequences, self.pad_id), slices, sum(len(ids) for ids, _ in sequences))
+        return StepBatch(sequences, slices, self.pad_id)

@@ -1,0 +1,196 @@
+"""One training step's loss terms: packed decoder body, gathered read positions, chunked LM head.
+
+The step (``compute_terms``):
+1. packs the sequences of the groups the method needs (unlearnkit.batching): no padding between
+   sequences, each forget prompt laid out once for its forget answer and its K mismatch answers,
+   attention confined to each prompt tree by a 4-D mask, positions restarting per sequence;
+2. runs the decoder body (no LM head) once over the packed rows;
+3. gathers the hidden states whose next token a loss reads and applies the LM head to those only, in
+   chunks of ``chunk_tokens`` rows; with more than one chunk each chunk is recomputed in backward
+   (activation checkpointing) so no [reads, V] float32 tensor of the whole step is ever held;
+4. for KL (and reference NLLs) runs the reference body once, without gradient, over just the
+   groups that need it, and computes reference logits chunk by chunk next to the policy's.
+
+The result equals the plain per-sequence, padded, full-logits computation (tests/test_step.py
+keeps that oracle), up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from unlearnkit.batching import PackedRows, Reads, pack_step
+from unlearnkit.data import StepBatch
+from unlearnkit.errors import UserError
+from unlearnkit.losses import masked_mean, per_sequence_sum, read_kl, read_nll
+from unlearnkit.methods import StepNeeds, StepTerms
+from unlearnkit.modeling import Reference
+
+ATTENTION_PATHS = ("auto", "sdpa", "eager")
+"""Attention kernels that honour the packed 4-D mask. ``auto`` = sdpa (measured fastest on CPU and
+GPU for these masks, see README performance). Flash-attention kernels take no arbitrary mask and
+cannot express a shared prompt; they are refused rather than silently attending across sequences."""
+
+DEFAULT_ROW_TOKENS = 512
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+# ------------------------------------------------------------------------------------------- model parts
+def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers causal LM inside peft / DDP wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):  # peft: the LoRA-injected transformers model
+            model = model.get_base_model()
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def set_attention(model: torch.nn.Module, attention: str) -> str:
+    """Select the attention kernel for packed steps; returns the one in use."""
+    if attention not in ATTENTION_PATHS:
+        raise UserError(f"attention={attention!r} is not supported; choose one of {', '.join(ATTENTION_PATHS)}")
+    chosen = "sdpa" if attention == "auto" else attention
+    lm = causal_lm_of(model)
+    if lm.config._attn_implementation != chosen:
+        lm.set_attn_implementation(chosen)
+    return chosen
+
+
+def _check_attention(lm: torch.nn.Module) -> str:
+    path = lm.config._attn_implementation
+    if path not in ("sdpa", "eager"):
+        # Other kernels may ignore a 4-D mask: packed sequences would then attend to each other.
+        raise UserError(f"attention implementation {path!r} cannot confine packed sequences; set attention=auto, sdpa or eager")
+    return path
+
+
+def hidden_states(model: torch.nn.Module, packed: PackedRows) -> torch.Tensor:
+    """Final hidden states (after the last norm, before the LM head) at every packed position: [R*T, d]."""
+    lm = causal_lm_of(model)
+    body = lm.base_model
+    if body is lm:
+        raise UserError(f"{type(lm).__name__} has no separate decoder body; the packed step needs a transformers causal LM")
+    device = lm.get_input_embeddings().weight.device
+    path = _check_attention(lm)
+    if path == "sdpa":
+        mask = packed.attention_bias(torch.float32, device) == 0  # boolean: valid whatever the compute dtype
+    else:
+        mask = packed.attention_bias(lm.get_input_embeddings().weight.dtype, device)
+    out = body(input_ids=packed.input_ids.to(device), attention_mask=mask, position_ids=packed.position_ids.to(device),
+               use_cache=False)
+    hidden = out[0]
+    return hidden.reshape(-1, hidden.shape[-1])
+
+
+def lm_head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden [n, d] -> logits [n, V] exactly as the model's own forward makes them."""
+    lm = causal_lm_of(model)
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    scale = getattr(lm.config, "logit_scale", None) if not hasattr(lm, "logit_scale") else None
+
+    def apply(hidden: torch.Tensor) -> torch.Tensor:
+        logits = head(hidden)
+        if isinstance(scale, (int, float)):
+            logits = logits * scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return apply
+
+
+# ------------------------------------------------------------------------------------------- chunks
+def _in_chunks(fn: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], chunk: int) -> torch.Tensor:
+    """fn over row chunks of ``tensors``, concatenated. With more than one chunk each call is
+    checkpointed: its [chunk, V] logits are freed after the forward and recomputed in backward."""
+    n = tensors[0].shape[0]
+    if n <= chunk:
+        return fn(*tensors)
+    parts = [checkpoint(fn, *(t[i:i + chunk] for t in tensors), use_reentrant=False) for i in range(0, n, chunk)]
+    return torch.cat(parts)
+
+
+def _gather(hidden: torch.Tensor, reads: Reads) -> torch.Tensor:
+    return hidden.index_select(0, reads.index.to(hidden.device))
+
+
+def default_needs(step: StepBatch, with_reference: bool) -> StepNeeds:
+    """The paper's terms for whatever groups the step holds (used when a caller names no method)."""
+    nll = tuple(g for g in ("forget", "mismatch") if g in step.slices)
+    return StepNeeds(nll=nll, kl="normal" if with_reference and "normal" in step.slices else None)
+
+
+# ------------------------------------------------------------------------------------------- one step
+def compute_terms(
+    model: torch.nn.Module,
+    reference: Reference | None,
+    step: StepBatch,
+    needs: StepNeeds | None = None,
+    *,
+    row_tokens: int = DEFAULT_ROW_TOKENS,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> StepTerms:
+    """The loss terms ``needs`` asks for, from one packed policy forward (+ one reference forward)."""
+    needs = needs or default_needs(step, reference is not None)
+    if needs.needs_reference and reference is None:
+        raise ValueError("these terms need the reference model")
+    in_step = list(step.slices)
+    policy_groups = [g for g in in_step if g in needs.nll or g == needs.kl]
+    packed = pack_step(step, policy_groups, shared=needs.shared_prompt, row_tokens=row_tokens, pad_id=step.pad_id)
+    hidden = hidden_states(model, packed)
+    policy_head = lm_head(model)
+    device = hidden.device
+
+    def nll_of(head: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        return lambda rows, targets: read_nll(head(rows), targets)
+
+    terms = StepTerms(forget_nll=torch.zeros(0, device=device))
+    for group in needs.nll:
+        reads = packed.answer_reads[group]
+        values = _in_chunks(nll_of(policy_head), (_gather(hidden, reads), reads.target.to(device)), chunk_tokens)
+        terms.nll_sum[group], terms.tokens[group] = per_sequence_sum(values, reads.sequence.to(device), reads.count)
+    means = {g: terms.nll_sum[g] / terms.tokens[g].clamp(min=1) for g in terms.nll_sum}
+    terms.forget_nll = means.get("forget", terms.forget_nll)
+    terms.mismatch_nll = means.get("mismatch")
+
+    if needs.needs_reference:
+        assert reference is not None
+        reference_groups = [g for g in in_step if g in needs.reference_nll or g == needs.kl]
+        ref_packed = pack_step(step, reference_groups, shared=needs.shared_prompt, row_tokens=row_tokens, pad_id=step.pad_id)
+        with torch.no_grad(), reference.mode(model) as original:
+            ref_hidden = hidden_states(original, ref_packed)
+            for group in needs.reference_nll:
+                reads = ref_packed.answer_reads[group]
+                values = _in_chunks(nll_of(lm_head(original)), (_gather(ref_hidden, reads), reads.target.to(device)), chunk_tokens)
+                terms.reference_nll_sum[group] = per_sequence_sum(values, reads.sequence.to(device), reads.count)[0]
+        if needs.kl is not None:
+            def kl_rows(policy_rows: torch.Tensor, reference_rows: torch.Tensor) -> torch.Tensor:
+                policy_logits = policy_head(policy_rows)
+                # Inside the chunk (and so recomputed with it in backward): only one chunk's reference
+                # logits exist at a time.
+                with torch.no_grad(), reference.mode(model) as original:
+                    reference_logits = lm_head(original)(reference_rows)
+                return read_kl(policy_logits, reference_logits)
+
+            policy_reads, reference_reads = packed.token_reads[needs.kl], ref_packed.token_reads[needs.kl]
+            values = _in_chunks(kl_rows, (_gather(hidden, policy_reads), _gather(ref_hidden, reference_reads)), chunk_tokens)
+            terms.kl = masked_mean(values)
+    return terms
+
+
+def step_positions(step: StepBatch, needs: StepNeeds, row_tokens: int = DEFAULT_ROW_TOKENS) -> dict[str, Any]:
+    """Positions one step computes (packed policy + reference rows, padding included) for the benchmark."""
+    groups = [g for g in step.slices if g in needs.nll or g == needs.kl]
+    packed = pack_step(step, groups, shared=needs.shared_prompt, row_tokens=row_tokens)
+    out = {"policy_positions": packed.input_ids.numel(), "policy_real": packed.num_positions,
+           "reads": sum(int(packed.answer_reads[g].index.numel()) for g in needs.nll)}
+    if needs.needs_reference:
+        ref_groups = [g for g in step.slices if g in needs.reference_nll or g == needs.kl]
+        out["reference_positions"] = pack_step(step, ref_groups, shared=needs.shared_prompt, row_tokens=row_tokens).input_ids.numel()
+    return out
