@@ -178,6 +178,21 @@ def disable_dropout(model: torch.nn.Module) -> None:
                 setattr(module, name, 0.0)
 
 
+def hold_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """Store the frozen weight matrices (a LoRA base: linear and embedding weights) in ``dtype``.
+
+    Under bf16 autocast these weights are read in bf16 anyway, so holding them so halves their memory
+    without changing the computation; trainable parameters and 1-D weights (norms, biases) stay float32.
+    Returns whether anything was cast (the merged output is then rebuilt from float32 base weights).
+    """
+    cast = False
+    for param in model.parameters():
+        if not param.requires_grad and param.dim() >= 2 and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            cast = True
+    return cast
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters the optimizer updates (all weights, or the LoRA adapter), detached, contiguous."""
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -42,6 +42,7 @@ from unlearnkit.modeling import (
     add_lora,
     check_output_dir,
     disable_dropout,
+    hold_frozen_in,
     load_model,
     load_tokenizer,
     save_adapter,
@@ -166,14 +167,17 @@ def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: Any, scheduler
     return target
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "trainable.safetensors"))
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
+    from safetensors.torch import load_file
+
+    load_trainable(model, load_file(str(path / "trainable.safetensors")))
     extra = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
@@ -231,6 +235,7 @@ class Run:
     out: Path
     state: TrainState
     log_path: Path
+    base_held_in_bf16: bool = False  # LoRA base weights stored in bf16 (merged output rebuilt in float32)
 
 
 def set_up(config: RunConfig, resume: bool) -> Run:
@@ -258,9 +263,10 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     disable_dropout(model)
     set_attention(model, t.attention)
     reference = None
+    frozen_dtype = torch.bfloat16 if t.precision == "bf16" else None
     if method.step_needs.needs_reference:
-        frozen_dtype = torch.bfloat16 if t.precision == "bf16" else None
         reference = Reference(model, lora=config.model.lora, dtype=frozen_dtype)
+    base_held_in_bf16 = bool(config.model.lora and frozen_dtype is not None and hold_frozen_in(model, frozen_dtype))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -280,7 +286,8 @@ def set_up(config: RunConfig, resume: bool) -> Run:
         log_path.write_text("")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     save_config(config, out / "config.yaml")
-    return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, params, out, state, log_path)
+    return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, params, out, state, log_path,
+               base_held_in_bf16)
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -339,6 +346,10 @@ def save_outputs(run: Run) -> None:
     if t.save_mode in ("adapter", "both"):
         save_adapter(policy, run.tokenizer, run.out / "adapter", card)
     if t.save_mode in ("merged", "both"):
+        if run.base_held_in_bf16:
+            # The base was held in bf16 for training only: merge the adapter into the float32 original.
+            policy = add_lora(load_model(run.config.model), run.config.model)
+            load_trainable(policy, trainable_state(run.accelerator.unwrap_model(run.model)))
         save_merged(policy, run.tokenizer, run.out / "model", card)
     info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
             "train_seconds": state.train_seconds, "torch_version": torch.__version__}
