@@ -1,8 +1,8 @@
 """Time ``train()``'s own step on real builtin batches: median s/step, positions, tokens/s, peak RSS.
 
 Runs the real training loop (``unlearnkit.train.train``) on a preset and reads the ``step_time_s`` it
-logs for each step (batch building + forward + backward + optimizer step); the first step is a warm-up
-and not counted. The run is stopped right after its last timed step (no model is saved). Because it
+logs for each step (batch building + forward + backward + optimizer step); the first ``--warmup`` (2)
+steps warm the allocator and the optimizer state and are not counted. The run is stopped right after its last timed step (no model is saved). Because it
 only uses ``train()``, ``prepare_data`` and the step batch, the same script times older engines too:
 
     # after (this checkout), default (demo) and paper-template configs, under the shared CPU lock
@@ -77,7 +77,8 @@ def _positions(config, steps: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (allocator and optimizer state warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     preset, *preset_overrides = PRESETS[args.preset]
     with tempfile.TemporaryDirectory() as tmp:
-        total = args.steps + 1
+        total = args.steps + args.warmup
         config = load_config(preset, [*preset_overrides, f"output_dir={tmp}/run", "progress=false", "save_every=0",
                                       f"max_steps={total}", "eval_before_after=false", *args.overrides])
         rss_at_end: list[float] = []
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         except _Stop:
             pass
         log = [json.loads(line) for line in (Path(tmp) / "run" / "train_log.jsonl").read_text().splitlines()]
-    times = [row["step_time_s"] for row in log[1:]]
+    times = [row["step_time_s"] for row in log[args.warmup:]]
     median = statistics.median(times)
     positions = _positions(config, total)
     figures = {

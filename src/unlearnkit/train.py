@@ -269,7 +269,8 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     base_held_in_bf16 = bool(config.model.lora and frozen_dtype is not None and hold_frozen_in(model, frozen_dtype))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    # Fused AdamW: one kernel over all parameters instead of ~10 elementwise passes (CPU and CUDA).
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
     accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     model, optimizer = accelerator.prepare(model, optimizer)
