@@ -223,7 +223,7 @@ def test_reference_nll_needs(chatml_tokenizer):
     model = tiny_model("llama", len(chatml_tokenizer))
     reference = Reference(model, lora=False)
     step = make_step(chatml_tokenizer, "paper", 2, 128, "ga_mismatch_kl")
-    needs = StepNeeds(nll=("forget", "normal"), reference_nll=("forget",), kl=None)
+    needs = StepNeeds(nll_groups=("forget", "normal"), reference_nll_groups=("forget",))
     terms = compute_terms(model, reference, step, needs)
     torch.testing.assert_close(terms.reference_nll_sum["forget"], terms.nll_sum["forget"].detach(), atol=1e-5, rtol=1e-5)
     assert terms.nll_sum["normal"].shape == (2,) and (terms.tokens["normal"] > 0).all()
@@ -237,3 +237,38 @@ def test_flash_attention_is_refused_not_silently_leaky(chatml_tokenizer):
     step = make_step(chatml_tokenizer, "paper", 1, 128, "ga")
     with pytest.raises(UserError, match="cannot confine packed sequences"):
         compute_terms(model, None, step, METHODS["ga"].step_needs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_hidden_states_at_a_layer_match_the_oracle(arch, llama_tokenizer):
+    """RMU-style needs: layer-L hidden states of forget answers and normal tokens (policy with gradient,
+    original model on normal) equal the plain per-group forward's, and so do their gradients."""
+    model, reference = build(arch, llama_tokenizer, False, "ga_mismatch_kl")
+    step = make_step(llama_tokenizer, "paper", 2, 128, "ga_mismatch_kl")
+    needs = StepNeeds(nll_groups=("forget",), hidden_groups=("forget", "normal"))
+    layer = 1
+    terms = compute_terms(model, reference, step, needs, hidden_layer=layer)
+    loss = sum((terms.hidden[g] ** 2).sum() for g in ("forget", "normal")) + terms.forget_nll.sum()
+    loss.backward()
+    got_grads = grads(model)
+    expected_loss = 0
+    for group in ("forget", "normal"):
+        rows = step.slices[group]
+        b = type(step)(step.sequences[rows], {group: slice(0, rows.stop - rows.start)}, step.pad_id).batch
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+        mask = (b["labels"] != -100) if group == "forget" else b["attention_mask"].bool()
+        want = out.hidden_states[layer] * mask[..., None]
+        assert torch.equal(terms.hidden_mask[group], mask)
+        torch.testing.assert_close(terms.hidden[group], want.detach(), atol=1e-5, rtol=1e-5)
+        expected_loss = expected_loss + (want ** 2).sum()
+        if group == "forget":
+            expected_loss = expected_loss + answer_nll(out.logits, b["labels"]).sum()
+        else:
+            with torch.no_grad(), reference.mode(model) as original:
+                ref = original(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True).hidden_states[layer]
+            torch.testing.assert_close(terms.reference_hidden["normal"], ref * mask[..., None], atol=1e-5, rtol=1e-5)
+    expected_loss.backward()
+    expected_grads = grads(model)
+    floor = 1e-3 * max(float(g.abs().max()) for g in expected_grads.values())
+    for name, want in expected_grads.items():
+        assert float((got_grads[name] - want).abs().max() / want.abs().max().clamp(min=floor)) < 1e-4, name

@@ -62,6 +62,8 @@ class PackedRows:
     branch: torch.Tensor
     answer_reads: dict[str, Reads] = field(default_factory=dict)
     token_reads: dict[str, Reads] = field(default_factory=dict)
+    # Flat packed index of every token of every sequence, by group (hidden states per sequence).
+    coords: dict[str, list[list[int]]] = field(default_factory=dict)
 
     @property
     def num_positions(self) -> int:
@@ -188,10 +190,12 @@ def pack_step(
     packed = PackedRows(input_ids, position_ids, unit_of, branch_of)
     for group in groups:
         answer_idx, answer_tgt, answer_seq, token_idx, token_seq = [], [], [], [], []
+        packed.coords[group] = []
         for s, ((ids, labels), (u, b, cut)) in enumerate(zip(step.sequences[step.slices[group]], placement[group])):
             flat = [trunk_start[u] + t for t in range(cut)]
             if b >= 0:
                 flat += [branch_start[u][b] + t for t in range(len(ids) - cut)]
+            packed.coords[group].append(flat)
             for t in range(1, len(ids)):
                 if labels[t] != IGNORE_INDEX:
                     answer_idx.append(flat[t - 1])

@@ -28,6 +28,8 @@ class StepTerms:
     Extra, by group name (filled for the groups a method's StepNeeds names):
     nll_sum / tokens: [n] summed answer NLL and answer-token count of each sequence (policy, with gradient).
     reference_nll_sum: [n] summed answer NLL of each sequence under the original model (no gradient).
+    hidden / hidden_mask / reference_hidden: [n, T, D] hidden states at the asked layer, [n, T] bool
+        positions that count, and the original model's hidden states (see StepNeeds.hidden_groups).
     """
 
     forget_nll: torch.Tensor
@@ -36,6 +38,9 @@ class StepTerms:
     nll_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     reference_nll_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden_mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    reference_hidden: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -43,20 +48,25 @@ class StepNeeds:
     """What one step must compute: the engine runs the groups named here and applies the LM head only
     at the positions these terms read.
 
-    nll: groups whose per-sequence answer NLL (policy, with gradient) the loss reads.
-    reference_nll: groups whose per-sequence answer NLL under the original model (no gradient) it reads.
-    kl: the group whose every next token carries KL(original || current), or None.
+    nll_groups: groups whose per-sequence answer NLL (policy, with gradient) the loss reads.
+    reference_nll_groups: groups whose per-sequence answer NLL under the original model (no gradient) it reads.
+    kl_group: the group whose every next token carries KL(original || current), or None.
+    hidden_groups: groups whose hidden states at ``hidden_layer`` the loss reads (policy; and the
+        original model's for "normal"), as [n, T, D] with a mask (forget-like groups: answer tokens;
+        "normal": every real token).
     shared_prompt: groups whose sequences share their prompt (one forget prompt, K+1 answers).
     """
 
-    nll: tuple[str, ...] = ("forget",)
-    reference_nll: tuple[str, ...] = ()
-    kl: str | None = None
-    shared_prompt: tuple[str, ...] = ("forget", "mismatch")
+    nll_groups: tuple[str, ...] = ("forget",)
+    reference_nll_groups: tuple[str, ...] = ()
+    kl_group: str | None = None
+    hidden_groups: tuple[str, ...] = ()
+    shared_prompt: tuple[str, ...] = ("forget", "mismatch", "preferred")
 
     @property
-    def needs_reference(self) -> bool:
-        return self.kl is not None or bool(self.reference_nll)
+    def reference(self) -> bool:
+        """Whether the step reads the original model."""
+        return self.kl_group is not None or bool(self.reference_nll_groups) or "normal" in self.hidden_groups
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class Method:
         if self.needs is not None:
             return self.needs
         nll = ("forget", "mismatch") if self.mismatch_source else ("forget",)
-        return StepNeeds(nll=nll, kl="normal" if self.uses_kl else None)
+        return StepNeeds(nll_groups=nll, kl_group="normal" if self.uses_kl else None)
 
 
 def _ga(t: StepTerms, c: "MethodConfig") -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from unlearnkit.batching import PackedRows, Reads, pack_step
 from unlearnkit.data import StepBatch
 from unlearnkit.errors import UserError
+from unlearnkit.losses import IGNORE_INDEX
 from unlearnkit.losses import masked_mean, per_sequence_sum, read_kl, read_nll
 from unlearnkit.methods import StepNeeds, StepTerms
 from unlearnkit.modeling import Reference
@@ -69,8 +70,12 @@ def _check_attention(lm: torch.nn.Module) -> str:
     return path
 
 
-def hidden_states(model: torch.nn.Module, packed: PackedRows) -> torch.Tensor:
-    """Final hidden states (after the last norm, before the LM head) at every packed position: [R*T, d]."""
+def hidden_states(model: torch.nn.Module, packed: PackedRows, layer: int | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states (after the last norm, before the LM head) at every packed position: [R*T, d].
+
+    With ``layer``: also the hidden states after that layer (``hidden_states[layer]`` of the model
+    output, 0 = embeddings), as a pair (final, at_layer).
+    """
     lm = causal_lm_of(model)
     body = lm.base_model
     if body is lm:
@@ -82,9 +87,28 @@ def hidden_states(model: torch.nn.Module, packed: PackedRows) -> torch.Tensor:
     else:
         mask = packed.attention_bias(lm.get_input_embeddings().weight.dtype, device)
     out = body(input_ids=packed.input_ids.to(device), attention_mask=mask, position_ids=packed.position_ids.to(device),
-               use_cache=False)
+               use_cache=False, output_hidden_states=layer is not None)
     hidden = out[0]
-    return hidden.reshape(-1, hidden.shape[-1])
+    final = hidden.reshape(-1, hidden.shape[-1])
+    if layer is None:
+        return final
+    return final, out.hidden_states[layer].reshape(-1, hidden.shape[-1])
+
+
+def per_sequence_hidden(flat: torch.Tensor, coords: list[list[int]], step: StepBatch, group: str,
+                        answer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, T, D] hidden states of each sequence of ``group`` (T = its longest) and the [n, T] bool mask of
+    positions that count: answer tokens (labels != -100) or, with ``answer_only=False``, every token."""
+    sequences = step.sequences[step.slices[group]]
+    longest = max(len(c) for c in coords)
+    index = torch.zeros(len(coords), longest, dtype=torch.long)
+    mask = torch.zeros(len(coords), longest, dtype=torch.bool)
+    for s, ((ids, labels), c) in enumerate(zip(sequences, coords)):
+        index[s, :len(c)] = torch.tensor(c, dtype=torch.long)
+        mask[s, :len(c)] = torch.tensor([x != IGNORE_INDEX for x in labels]) if answer_only else True
+    mask = mask.to(flat.device)
+    gathered = flat.index_select(0, index.view(-1).to(flat.device)).view(len(coords), longest, -1)
+    return gathered * mask[..., None].to(gathered.dtype), mask
 
 
 def lm_head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -123,7 +147,16 @@ def _gather(hidden: torch.Tensor, reads: Reads) -> torch.Tensor:
 def default_needs(step: StepBatch, with_reference: bool) -> StepNeeds:
     """The paper's terms for whatever groups the step holds (used when a caller names no method)."""
     nll = tuple(g for g in ("forget", "mismatch") if g in step.slices)
-    return StepNeeds(nll=nll, kl="normal" if with_reference and "normal" in step.slices else None)
+    return StepNeeds(nll_groups=nll, kl_group="normal" if with_reference and "normal" in step.slices else None)
+
+
+def _groups(step: StepBatch, needs: Any, reference: bool) -> list[str]:
+    """The step's groups a pass must lay out, in the step's order."""
+    if reference:
+        wanted = set(needs.reference_nll_groups) | ({"normal"} & set(needs.hidden_groups)) | {needs.kl_group}
+    else:
+        wanted = set(needs.nll_groups) | set(needs.hidden_groups) | {needs.kl_group}
+    return [g for g in step.slices if g in wanted]
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -131,19 +164,29 @@ def compute_terms(
     model: torch.nn.Module,
     reference: Reference | None,
     step: StepBatch,
-    needs: StepNeeds | None = None,
+    needs: Any = None,
     *,
     row_tokens: int = DEFAULT_ROW_TOKENS,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    hidden_layer: int | None = None,
 ) -> StepTerms:
-    """The loss terms ``needs`` asks for, from one packed policy forward (+ one reference forward)."""
+    """The loss terms ``needs`` asks for, from one packed policy forward (+ one reference forward).
+
+    ``needs`` is a StepNeeds or anything with the same attributes (nll_groups, reference_nll_groups,
+    kl_group, hidden_groups, reference; shared_prompt optional). ``hidden_layer``: the layer whose
+    hidden states ``hidden_groups`` reads.
+    """
     needs = needs or default_needs(step, reference is not None)
-    if needs.needs_reference and reference is None:
+    shared = getattr(needs, "shared_prompt", StepNeeds.shared_prompt)
+    if needs.reference and reference is None:
         raise ValueError("these terms need the reference model")
-    in_step = list(step.slices)
-    policy_groups = [g for g in in_step if g in needs.nll or g == needs.kl]
-    packed = pack_step(step, policy_groups, shared=needs.shared_prompt, row_tokens=row_tokens, pad_id=step.pad_id)
-    hidden = hidden_states(model, packed)
+    if needs.hidden_groups and hidden_layer is None:
+        raise ValueError("hidden states asked for without a layer")
+    layer = hidden_layer if needs.hidden_groups else None
+    packed = pack_step(step, _groups(step, needs, False), shared=shared, row_tokens=row_tokens, pad_id=step.pad_id)
+    hidden = hidden_states(model, packed, layer)
+    if layer is not None:
+        hidden, at_layer = hidden
     policy_head = lm_head(model)
     device = hidden.device
 
@@ -151,25 +194,32 @@ def compute_terms(
         return lambda rows, targets: read_nll(head(rows), targets)
 
     terms = StepTerms(forget_nll=torch.zeros(0, device=device))
-    for group in needs.nll:
+    for group in needs.nll_groups:
         reads = packed.answer_reads[group]
         values = _in_chunks(nll_of(policy_head), (_gather(hidden, reads), reads.target.to(device)), chunk_tokens)
         terms.nll_sum[group], terms.tokens[group] = per_sequence_sum(values, reads.sequence.to(device), reads.count)
     means = {g: terms.nll_sum[g] / terms.tokens[g].clamp(min=1) for g in terms.nll_sum}
     terms.forget_nll = means.get("forget", terms.forget_nll)
     terms.mismatch_nll = means.get("mismatch")
+    for group in needs.hidden_groups:
+        terms.hidden[group], terms.hidden_mask[group] = per_sequence_hidden(
+            at_layer, packed.coords[group], step, group, answer_only=group != "normal")
 
-    if needs.needs_reference:
+    if needs.reference:
         assert reference is not None
-        reference_groups = [g for g in in_step if g in needs.reference_nll or g == needs.kl]
-        ref_packed = pack_step(step, reference_groups, shared=needs.shared_prompt, row_tokens=row_tokens, pad_id=step.pad_id)
+        ref_packed = pack_step(step, _groups(step, needs, True), shared=shared, row_tokens=row_tokens, pad_id=step.pad_id)
+        ref_layer = layer if "normal" in needs.hidden_groups else None
         with torch.no_grad(), reference.mode(model) as original:
-            ref_hidden = hidden_states(original, ref_packed)
-            for group in needs.reference_nll:
+            ref_hidden = hidden_states(original, ref_packed, ref_layer)
+            if ref_layer is not None:
+                ref_hidden, ref_at_layer = ref_hidden
+                terms.reference_hidden["normal"] = per_sequence_hidden(
+                    ref_at_layer, ref_packed.coords["normal"], step, "normal", answer_only=False)[0]
+            for group in needs.reference_nll_groups:
                 reads = ref_packed.answer_reads[group]
                 values = _in_chunks(nll_of(lm_head(original)), (_gather(ref_hidden, reads), reads.target.to(device)), chunk_tokens)
                 terms.reference_nll_sum[group] = per_sequence_sum(values, reads.sequence.to(device), reads.count)[0]
-        if needs.kl is not None:
+        if needs.kl_group is not None:
             def kl_rows(policy_rows: torch.Tensor, reference_rows: torch.Tensor) -> torch.Tensor:
                 policy_logits = policy_head(policy_rows)
                 # Inside the chunk (and so recomputed with it in backward): only one chunk's reference
@@ -178,19 +228,18 @@ def compute_terms(
                     reference_logits = lm_head(original)(reference_rows)
                 return read_kl(policy_logits, reference_logits)
 
-            policy_reads, reference_reads = packed.token_reads[needs.kl], ref_packed.token_reads[needs.kl]
+            policy_reads, reference_reads = packed.token_reads[needs.kl_group], ref_packed.token_reads[needs.kl_group]
             values = _in_chunks(kl_rows, (_gather(hidden, policy_reads), _gather(ref_hidden, reference_reads)), chunk_tokens)
             terms.kl = masked_mean(values)
     return terms
 
 
-def step_positions(step: StepBatch, needs: StepNeeds, row_tokens: int = DEFAULT_ROW_TOKENS) -> dict[str, Any]:
+def step_positions(step: StepBatch, needs: Any, row_tokens: int = DEFAULT_ROW_TOKENS) -> dict[str, Any]:
     """Positions one step computes (packed policy + reference rows, padding included) for the benchmark."""
-    groups = [g for g in step.slices if g in needs.nll or g == needs.kl]
-    packed = pack_step(step, groups, shared=needs.shared_prompt, row_tokens=row_tokens)
+    shared = getattr(needs, "shared_prompt", StepNeeds.shared_prompt)
+    packed = pack_step(step, _groups(step, needs, False), shared=shared, row_tokens=row_tokens)
     out = {"policy_positions": packed.input_ids.numel(), "policy_real": packed.num_positions,
-           "reads": sum(int(packed.answer_reads[g].index.numel()) for g in needs.nll)}
-    if needs.needs_reference:
-        ref_groups = [g for g in step.slices if g in needs.reference_nll or g == needs.kl]
-        out["reference_positions"] = pack_step(step, ref_groups, shared=needs.shared_prompt, row_tokens=row_tokens).input_ids.numel()
+           "reads": sum(int(packed.answer_reads[g].index.numel()) for g in needs.nll_groups)}
+    if needs.reference:
+        out["reference_positions"] = pack_step(step, _groups(step, needs, True), shared=shared, row_tokens=row_tokens).input_ids.numel()
     return out

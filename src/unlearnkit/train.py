@@ -264,7 +264,7 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     set_attention(model, t.attention)
     reference = None
     frozen_dtype = torch.bfloat16 if t.precision == "bf16" else None
-    if method.step_needs.needs_reference:
+    if method.step_needs.reference:
         reference = Reference(model, lora=config.model.lora, dtype=frozen_dtype)
     base_held_in_bf16 = bool(config.model.lora and frozen_dtype is not None and hold_frozen_in(model, frozen_dtype))
     model.train()
