@@ -204,7 +204,17 @@ def test_step_batch_is_one_padded_forward(tiny_model_dir, qa_files):
     assert step.slices == {"forget": slice(0, 2), "mismatch": slice(2, 8), "normal": slice(8, 10)}
 
 
-def test_bf16_lora_holds_the_base_in_bf16_and_merges_into_float32(tiny_model_dir, qa_files, tmp_path):
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state; a bf16 run after fp32 runs in the same process needs it reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_lora_holds_the_base_in_bf16_and_merges_into_float32(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
     from unlearnkit.train import set_up
 
     config = make_config(tiny_model_dir, qa_files, tmp_path / "out", "lora=true", "precision=bf16", "max_steps=2")
@@ -221,7 +231,7 @@ def test_bf16_lora_holds_the_base_in_bf16_and_merges_into_float32(tiny_model_dir
             assert torch.equal(param, base[name]), name
 
 
-def test_bf16_full_finetuning_reference_copy_is_bf16(tiny_model_dir, qa_files, tmp_path):
+def test_bf16_full_finetuning_reference_copy_is_bf16(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
     from unlearnkit.train import set_up
 
     run = set_up(make_config(tiny_model_dir, qa_files, tmp_path / "out", "precision=bf16"), resume=False)
