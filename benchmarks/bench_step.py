@@ -12,8 +12,9 @@ only uses ``train()``, ``prepare_data`` and the step batch, the same script time
     flock /tmp/unlearnkit-cpu.lock env PYTHONPATH=/path/to/old/src .venv/bin/python benchmarks/bench_step.py --preset demo
 
 Presets (builtin SmolLM2-135M, full finetuning, fp32, batch 2, the paper's full method):
-    demo   configs/demo.yaml: chat template, K=2, max_length 96, AdvBench forget answers, TruthfulQA normal.
-    paper  the paper's template and K=5 with its 512-token limit, PKU-SafeRLHF forget answers, TruthfulQA normal.
+    demo   the demo preset's step (configs/demo.yaml as of 6537b3c): chat template, K=2, max_length 96,
+           40 AdvBench forget answers, TruthfulQA normal answers.
+    paper  the paper's template and K=5 with its 512-token limit, 40 PKU-SafeRLHF forget answers, TruthfulQA normal.
 Any key=value after the preset overrides the config (e.g. lora=true precision=bf16 model=...).
 
 Positions: what the old engine computed per step (policy: every row padded to the step's longest; reference:
@@ -32,9 +33,13 @@ from pathlib import Path
 
 import torch
 
+# Written out in full (not read from configs/) so that an older engine is timed on exactly the same run.
+DEMO = ["model=smollm2-135m", "forget=advbench_harmful_train", "normal=truthfulqa_train", "max_forget=40", "template=chat",
+        "max_length=96", "method=ga_mismatch_kl", "num_mismatch=2", "batch_size=2", "lr=5e-5"]
 PRESETS = {
-    "demo": ["configs/demo.yaml"],
-    "paper": ["configs/demo.yaml", "template=paper", "num_mismatch=5", "max_length=512", "forget=pku_harmful_train"],
+    "demo": DEMO,
+    "paper": DEMO[:3] + ["max_forget=40", "template=paper", "max_length=512", "method=ga_mismatch_kl", "num_mismatch=5",
+                         "batch_size=2", "lr=5e-5", "forget=pku_harmful_train"],
 }
 
 
@@ -89,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     from unlearnkit.config import load_config
     from unlearnkit.train import train
 
-    preset, *preset_overrides = PRESETS[args.preset]
+    preset_overrides = PRESETS[args.preset]
     with tempfile.TemporaryDirectory() as tmp:
         total = args.steps + args.warmup
-        config = load_config(preset, [*preset_overrides, f"output_dir={tmp}/run", "progress=false", "save_every=0",
+        config = load_config(None, [*preset_overrides, f"output_dir={tmp}/run", "progress=false", "save_every=0",
                                       f"max_steps={total}", "eval_before_after=false", *args.overrides])
         rss_at_end: list[float] = []
 
