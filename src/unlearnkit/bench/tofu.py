@@ -135,8 +135,12 @@ class TofuData:
     holdout: list[dict[str, Any]]  # never-trained authors (MIA non-members)
 
 
-def _first(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    return rows[:n] if n else rows
+def _spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``n`` rows evenly spaced over ``rows`` (all when n is 0 or >= len): every author of a set is
+    represented, not only the first one (the files are ordered by author)."""
+    if not n or n >= len(rows):
+        return rows
+    return [rows[i] for i in np.linspace(0, len(rows) - 1, n).round().astype(int)]
 
 
 def tofu_data(bench: TofuConfig) -> TofuData:
@@ -155,16 +159,21 @@ def tofu_data(bench: TofuConfig) -> TofuData:
         raise UserError("no retain evaluation rows: TOFU's retain_perturbed covers authors 0-19; set retain_authors >= 1")
     sets = {"forget": forget, "retain": retain_eval, "real_authors": tofu_rows("real_authors"), "world_facts": tofu_rows("world_facts")}
     return TofuData(forget + retain_train, retain_train, forget,
-                    {name: _first(rows, bench.eval_rows) for name, rows in sets.items()}, _first(holdout, bench.eval_rows))
+                    {name: _spread(rows, bench.eval_rows) for name, rows in sets.items()}, _spread(holdout, bench.eval_rows))
 
 
 def _digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_data(rows: list[dict[str, Any]], folder: Path) -> Path:
-    """Content-addressed JSONL (question/answer) under ``folder``; the path names its content."""
-    text = "".join(json.dumps({"question": r["question"], "answer": r["answer"]}, ensure_ascii=False) + "\n" for r in rows)
+def _write_data(rows: list[dict[str, Any]], folder: Path, alternate: bool = False) -> Path:
+    """Content-addressed JSONL (question/answer) under ``folder``; the path names its content.
+
+    ``alternate`` adds ``alternate_answer`` = the first perturbed (plausible but false) answer, the
+    preferred answer of methods that need one (``forget_preferred_column``, e.g. dpo)."""
+    text = "".join(json.dumps({"question": r["question"], "answer": r["answer"],
+                               **({"alternate_answer": r["perturbed_answer"][0]} if alternate else {})}, ensure_ascii=False) + "\n"
+                   for r in rows)
     path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
@@ -175,7 +184,14 @@ def _write_data(rows: list[dict[str, Any]], folder: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- finetuned models
-CACHE_IGNORED = {"output_dir", "progress", "overwrite", "save_every", "keep_checkpoints", "time_budget_s"}
+# What decides a finetuned model (fields the finetuning stage reads); new fields of other sections (a
+# method's hyper-parameters, eval settings) never invalidate the cache.
+CACHE_KEY_FIELDS = {
+    "model": ("name", "revision", "trust_remote_code", "gradient_checkpointing"),
+    "data": ("template", "max_length"),
+    "method": ("name",),
+    "train": ("max_steps", "batch_size", "lr", "warmup_steps", "weight_decay", "max_grad_norm", "precision", "seed"),
+}
 
 
 def finetune_config(run: RunConfig, bench: TofuConfig, data_path: Path, n_rows: int) -> RunConfig:
@@ -200,7 +216,8 @@ def cached_finetune(config: RunConfig, role: str, root: Path, fresh: bool = Fals
     from unlearnkit.train import train
 
     data_sha = hashlib.sha256(Path(config.data.forget).read_bytes()).hexdigest()
-    resolved = {s: {k: v for k, v in values.items() if k not in CACHE_IGNORED} for s, values in config.to_dict().items() if s != "eval"}
+    values = config.to_dict()
+    resolved = {section: {k: values[section][k] for k in keys} for section, keys in CACHE_KEY_FIELDS.items()}
     resolved["data"]["forget"] = data_sha
     out = root / f"{role}-{_digest(resolved)}"
     model_dir, info_path = out / "model", out / "run_info.json"
@@ -360,7 +377,7 @@ def run_tofu(bench: TofuConfig, run: RunConfig, output_dir: Path, *, fresh: bool
     data = tofu_data(bench)
     target_path = _write_data(data.target_train, root / "data")
     retain_path = _write_data(data.retain_train, root / "data")
-    forget_path = _write_data(data.forget, root / "data")
+    forget_path = _write_data(data.forget, root / "data", alternate=True)
     run.train.progress = run.train.progress and progress
     stages: dict[str, Any] = {}
     target_dir, stages["target"] = cached_finetune(finetune_config(run, bench, target_path, len(data.target_train)), "target", root, fresh)
@@ -373,6 +390,8 @@ def run_tofu(bench: TofuConfig, run: RunConfig, output_dir: Path, *, fresh: bool
                                                            forget_where="", normal_where=""),
                                   train=dataclasses.replace(run.train, output_dir=str(output_dir / "unlearned"), overwrite=True),
                                   eval=dataclasses.replace(run.eval, eval_before_after=False))
+    if not getattr(unlearn.data, "forget_preferred_column", "x"):  # methods with a preferred answer (dpo) take the alternate
+        unlearn.data.forget_preferred_column = "alternate_answer"
     validate(unlearn)
     result = train(unlearn)
     print(f"tofu: unlearned with {run.method.name} for {result.steps} steps ({result.stop_reason}) in {result.seconds:.0f}s")

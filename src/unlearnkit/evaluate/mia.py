@@ -158,17 +158,22 @@ def token_log_prob_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
         log_probs, mean_log_probs, var_log_probs: [B, T-1] float32 (0 where not valid); valid: [B, T-1] bool.
         mean = sum_v p_v log p_v; var = sum_v p_v (log p_v)^2 - mean^2.
     """
-    log_p = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
     targets = labels[:, 1:]
     valid = targets != IGNORE_INDEX
-    picked = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    # Only the scored positions: the vocabulary-wide terms cost [n_valid, V], not [B, T, V].
+    log_p = torch.log_softmax(logits[:, :-1, :][valid].float(), dim=-1)
+    picked = log_p.gather(-1, targets[valid].unsqueeze(-1)).squeeze(-1)
     p = log_p.exp()
     # p * log p is 0 where p underflows to 0 (log p = -inf would give NaN): mask those terms.
     finite_log_p = torch.where(p > 0, log_p, torch.zeros_like(log_p))
     mean = (p * finite_log_p).sum(-1)
     var = ((p * finite_log_p.square()).sum(-1) - mean.square()).clamp(min=0)
-    zero = torch.zeros_like(picked)
-    return torch.where(valid, picked, zero), torch.where(valid, mean, zero), torch.where(valid, var, zero), valid
+    outputs = []
+    for values in (picked, mean, var):
+        full = torch.zeros(targets.shape, dtype=torch.float32, device=logits.device)
+        full[valid] = values
+        outputs.append(full)
+    return outputs[0], outputs[1], outputs[2], valid
 
 
 @torch.no_grad()
