@@ -217,7 +217,7 @@ def cached_finetune(config: RunConfig, role: str, root: Path, fresh: bool = Fals
 
     data_sha = hashlib.sha256(Path(config.data.forget).read_bytes()).hexdigest()
     values = config.to_dict()
-    resolved = {section: {k: values[section][k] for k in keys} for section, keys in CACHE_KEY_FIELDS.items()}
+    resolved = {section: {k: values[section].get(k) for k in keys} for section, keys in CACHE_KEY_FIELDS.items()}
     resolved["data"]["forget"] = data_sha
     out = root / f"{role}-{_digest(resolved)}"
     model_dir, info_path = out / "model", out / "run_info.json"
