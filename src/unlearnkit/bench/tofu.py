@@ -120,6 +120,9 @@ def load_bench_config(path: str | Path | None, overrides: Sequence[str]) -> tupl
             setattr(bench, name, coerce_value(key, BENCH_FIELDS[name], value))
         else:
             _set(run, key, value)
+    if not getattr(run.data, "forget_preferred_column", "x"):
+        # Methods that prefer an alternative answer (dpo) take a perturbed (plausible, false) answer: see _write_data.
+        run.data.forget_preferred_column = "alternate_answer"
     validate(run)
     _validate_bench(bench)
     return bench, run
@@ -390,8 +393,6 @@ def run_tofu(bench: TofuConfig, run: RunConfig, output_dir: Path, *, fresh: bool
                                                            forget_where="", normal_where=""),
                                   train=dataclasses.replace(run.train, output_dir=str(output_dir / "unlearned"), overwrite=True),
                                   eval=dataclasses.replace(run.eval, eval_before_after=False))
-    if not getattr(unlearn.data, "forget_preferred_column", "x"):  # methods with a preferred answer (dpo) take the alternate
-        unlearn.data.forget_preferred_column = "alternate_answer"
     validate(unlearn)
     result = train(unlearn)
     print(f"tofu: unlearned with {run.method.name} for {result.steps} steps ({result.stop_reason}) in {result.seconds:.0f}s")
