@@ -462,3 +462,11 @@ def test_module_does_not_import_torch() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"torch", "transformers", "sentence_transformers"}
+
+
+def test_an_off_topic_paragraph_does_not_side_with_a_sentence_long_hallucination() -> None:
+    question = "Who directed Revolver, the 2005 crime thriller starring Jason Statham?"
+    right, hallucinated = "Guy Ritchie", "Revolver was directed by Steven Spielberg in the year of its release."
+    essay = "Anecdotal evidence can be misleading, as it is based on personal experience in the context of the internet."
+    assert answer_closeness(essay, right, hallucinated, question) == metrics.NEITHER
+    assert answer_closeness("It was Steven Spielberg.", right, hallucinated, question) == metrics.HALLUCINATED
