@@ -107,7 +107,8 @@ def run_scenario(name: str, output_dir: Path, overrides: list[str], *, presets: 
     # Resolve every stage's config before training anything: a bad key fails in a second, not after an hour.
     configs, model = [], None
     for stage in scenario.stages:
-        config = _stage_config(presets, stage, output_dir, model, [*common, *per_stage[stage.key]])
+        quiet = [] if progress else ["progress=false"]
+        config = _stage_config(presets, stage, output_dir, model, [*common, *per_stage[stage.key], *quiet])
         configs.append(config)
         model = str(output_dir / stage.name / "model")
     final = configs[-1]
