@@ -36,12 +36,14 @@ from unlearnkit.data import (
     tokenize_qa,
 )
 from unlearnkit.errors import UserError
-from unlearnkit.losses import answer_nll, forward_kl, next_token_mask
-from unlearnkit.methods import METHODS, Method, StepTerms
+from unlearnkit.losses import answer_logprob, answer_nll, answer_nll_sum, forward_kl, next_token_mask
+from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, StepTerms, resolve_needs
 from unlearnkit.own_answers import model_fingerprint, own_answers
 from unlearnkit.modeling import (
     Reference,
     add_lora,
+    decoder_layers,
+    train_only_mlp_out,
     check_output_dir,
     load_model,
     load_tokenizer,
@@ -78,9 +80,11 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
     """The step batcher of the run. With ``normal_answers=self`` and ``original_model`` given, the normal
     answers are that model's own greedy answers to the normal prompts (see unlearnkit.own_answers)."""
     d, m = config.data, config.method
+    needs = resolve_needs(method, m)
     forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
-                     answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where)
-    needs_normal = method.uses_kl or method.mismatch_source == "normal"
+                     answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where,
+                     preferred_column=d.forget_preferred_column if needs.preferred == "column" else "")
+    needs_normal = needs.normal
     normal = (
         load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
                 answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)
@@ -97,13 +101,19 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
         # Tokenized after a real prompt, so the seam is the one every forget prompt has (see data.encode_pair).
         prompt = format_prompt(tokenizer, forget[0].question, d.template)
         template_ids = encode_pair(tokenizer, prompt, format_answer(m.template_reply, d.template, prompt))[1]
+    refusal_ids = []
+    if needs.preferred == "refusal":
+        # Like the template reply: tokenized after a real prompt so the seam matches every forget prompt's.
+        prompt = format_prompt(tokenizer, forget[0].question, d.template)
+        refusal_ids = [encode_pair(tokenizer, prompt, format_answer(r, d.template, prompt))[1] for r in REFUSALS]
     return StepBatcher(
         tokenize_qa(tokenizer, forget, d.template),
         tokenize_qa(tokenizer, normal, d.template),
         batch_size=config.train.batch_size, num_mismatch=m.num_mismatch, max_length=d.max_length,
         pad_id=pad_id_of(tokenizer), seed=config.train.seed,
-        mismatch_source=method.mismatch_source, template_reply_ids=template_ids, use_normal=method.uses_kl,
-        bos_id=tokenizer.bos_token_id,
+        mismatch_source=needs.mismatch, template_reply_ids=template_ids,
+        use_normal=needs.kl or needs.retain_nll or needs.hidden_states,
+        bos_id=tokenizer.bos_token_id, preferred_source=needs.preferred, refusal_ids=refusal_ids,
     )
 
 
@@ -190,22 +200,82 @@ def _truncate_log(log_path: Path, step: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- one step
-def compute_terms(model: torch.nn.Module, reference: Reference | None, step_batch: StepBatch) -> StepTerms:
-    """One policy forward over every sequence of the step (+ a no-grad reference forward for KL)."""
+def compute_terms(
+    model: torch.nn.Module,
+    reference: Reference | None,
+    step_batch: StepBatch,
+    needs: Needs | None = None,
+    hidden_layer: int | None = None,
+) -> StepTerms:
+    """One policy forward over every sequence of the step, plus no-grad reference forwards for what ``needs`` asks.
+
+    ``needs`` None keeps the paper methods' behaviour: KL on the normal group whenever a reference is given.
+    """
     batch, slices = step_batch.batch, step_batch.slices
+    if needs is None:
+        needs = Needs(kl="normal" in slices and reference is not None)
     device = next(model.parameters()).device
     input_ids, attention_mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    terms = StepTerms(forget_nll=answer_nll(logits[slices["forget"]], labels[slices["forget"]]))
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=needs.hidden_states)
+    logits = outputs.logits
+    fs = slices["forget"]
+    forget_nll_sum, forget_tokens = answer_nll_sum(logits[fs], labels[fs])
+    terms = StepTerms(forget_nll=forget_nll_sum / forget_tokens.clamp(min=1))
     if "mismatch" in slices:
         terms.mismatch_nll = answer_nll(logits[slices["mismatch"]], labels[slices["mismatch"]])
-    if "normal" in slices and reference is not None:
+    if "normal" in slices and needs.retain_nll:
+        terms.retain_nll = answer_nll(logits[slices["normal"]], labels[slices["normal"]])
+    if "normal" in slices and needs.kl and reference is not None:
         ns = slices["normal"]
         # Trim to the normal rows' own length: the joint batch may be padded longer for other groups.
         length = int(attention_mask[ns].sum(dim=1).max())
         ref_logits = reference.logits(model, input_ids[ns, :length], attention_mask[ns, :length])
         terms.kl = forward_kl(logits[ns, :length], ref_logits, next_token_mask(attention_mask[ns, :length]))
+    _preference_terms(terms, model, reference, slices, input_ids, attention_mask, labels, logits, needs)
+    if needs.hidden_states:
+        _hidden_terms(terms, model, reference, slices, input_ids, attention_mask, labels, outputs.hidden_states, hidden_layer)
     return terms
+
+
+# The field's methods' extra quantities (kept apart from the paper's terms above; see methods.Needs).
+def _preference_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference | None, slices: dict[str, slice],
+                      input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                      logits: torch.Tensor, needs: Needs) -> None:
+    """Preferred-answer NLL, and summed answer log-probs of forget/preferred rows under policy and reference."""
+    fs, ps = slices["forget"], slices.get("preferred")
+    if ps is not None:
+        terms.preferred_nll = answer_nll(logits[ps], labels[ps])
+    if not needs.reference_logprobs:
+        return
+    assert reference is not None, "reference log-probs need a reference model"
+    terms.forget_logp = answer_logprob(logits[fs], labels[fs])
+    if ps is not None:
+        terms.preferred_logp = answer_logprob(logits[ps], labels[ps])
+    # One no-grad reference forward over the forget (and preferred) rows, trimmed to their own length.
+    rows = torch.cat([torch.arange(s.start, s.stop, device=input_ids.device) for s in (fs, ps) if s is not None])
+    length = int(attention_mask[rows].sum(dim=1).max())
+    reference_logp = answer_logprob(
+        reference.logits(model, input_ids[rows, :length], attention_mask[rows, :length]), labels[rows, :length]
+    )
+    num_forget = fs.stop - fs.start
+    terms.reference_forget_logp = reference_logp[:num_forget]
+    if ps is not None:
+        terms.reference_preferred_logp = reference_logp[num_forget:]
+
+
+def _hidden_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference | None, slices: dict[str, slice],
+                  input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                  hidden_states: tuple[torch.Tensor, ...], layer: int | None) -> None:
+    """Policy hidden states after decoder layer ``layer`` on forget answer tokens and normal tokens, and the
+    reference's on normal tokens (RMU). hidden_states[0] is the embedding output, so layer l is index l + 1."""
+    assert layer is not None and reference is not None, "hidden-state terms need a layer and a reference model"
+    fs, ns = slices["forget"], slices["normal"]
+    policy_hidden = hidden_states[layer + 1]
+    terms.forget_hidden, terms.forget_hidden_mask = policy_hidden[fs], labels[fs] != -100
+    length = int(attention_mask[ns].sum(dim=1).max())
+    terms.retain_hidden = policy_hidden[ns, :length]
+    terms.retain_hidden_mask = attention_mask[ns, :length].bool()
+    terms.reference_retain_hidden = reference.hidden_state(model, input_ids[ns, :length], attention_mask[ns, :length], layer)
 
 
 def _scalar(x: torch.Tensor | None) -> float | None:
@@ -223,7 +293,7 @@ def model_card(config: RunConfig, result_steps: int, stop_reason: str) -> str:
         + f".\n\nForgotten data: `{d.forget}` (prompt format `{d.template}`); normal data: `{d.normal}`.\n"
         f"Training: {result_steps} steps ({stop_reason}), lr {config.train.lr}, batch {config.train.batch_size}, "
         f"{'LoRA r=' + str(config.model.lora_r) if config.model.lora else 'full finetuning'}, seed {config.train.seed}.\n\n"
-        "Method: Yao, Xu, Liu (2023), *Large Language Model Unlearning*, arXiv:2310.10683.\n"
+        f"Method: {METHODS[m.name].paper}; unlearning set-up after Yao, Xu, Liu (2023), *Large Language Model Unlearning*, arXiv:2310.10683.\n"
         "Unlearning reduces, but does not guarantee the absence of, the forgotten behaviour; evaluate before use.\n"
     )
 
@@ -243,6 +313,7 @@ def train(
 
     t = config.train
     method = METHODS[config.method.name]
+    needs = resolve_needs(method, config.method)
     # Everything that can fail on bad input happens before the output folder is touched.
     tokenizer = load_tokenizer(config.model)
     batcher = prepare_data(config, tokenizer, method)
@@ -251,12 +322,19 @@ def train(
     model = load_model(config.model)
     if config.data.normal_answers == "self":
         batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update
+    if needs.hidden_states:
+        layers = len(decoder_layers(model)[1])
+        if config.method.rmu_layer >= layers:
+            raise UserError(f"rmu_layer {config.method.rmu_layer} is past the model's last layer ({layers - 1}); choose a middle layer")
     out = prepare_output_dir(config, resume)
 
     reference = None
     if config.model.lora:
         model = add_lora(model, config.model)
-    if method.uses_kl:
+    if config.method.name == "rmu" and config.method.rmu_params == "mlp_out":
+        layer = config.method.rmu_layer
+        train_only_mlp_out(model, list(range(max(0, layer - 2), layer + 1)))
+    if needs.reference:
         reference = Reference(model, lora=config.model.lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -294,7 +372,7 @@ def train(
             started = time.perf_counter()
             step_batch = batcher(state.step)
             with accelerator.autocast():
-                terms = compute_terms(model, reference, step_batch)
+                terms = compute_terms(model, reference, step_batch, needs, config.method.rmu_layer)
                 loss = method.combine(terms, config.method)
             accelerator.backward(loss)
             if t.max_grad_norm > 0:
@@ -312,6 +390,9 @@ def train(
             last = {
                 "step": state.step, "forget_nll": forget_nll, "mismatch_nll": _scalar(terms.mismatch_nll),
                 "kl": _scalar(terms.kl), "loss": float(loss.detach()), "lr": lr,
+                **{k: v for k, v in (("retain_nll", _scalar(terms.retain_nll)), ("preferred_nll", _scalar(terms.preferred_nll)))
+                   if v is not None},
+                **terms.logged,
                 "tokens_per_s": step_batch.num_tokens / elapsed, "step_time_s": elapsed,
             }
             log.write(json.dumps(last) + "\n")
