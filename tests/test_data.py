@@ -472,6 +472,23 @@ def test_load_qa_json_list(tmp_path: Path) -> None:
     assert load_qa(str(path)) == [QAExample("q1", "a1"), QAExample("q2", "a2")]
 
 
+def test_load_qa_joins_sources_with_plus_interleaved(qa_files) -> None:
+    forget, normal = qa_files
+    joined = load_qa(f"{forget}+{normal}", limit=4)
+    assert joined == [load_qa(str(forget))[0], load_qa(str(normal))[0], load_qa(str(forget))[1], load_qa(str(normal))[1]]
+    assert len(load_qa(f"{forget}+{normal}")) == len(load_qa(str(forget))) + len(load_qa(str(normal)))
+    with pytest.raises(UserError, match="empty part"):
+        load_qa(f"{forget}+")
+
+
+def test_load_qa_prompt_only_rows_when_answers_are_generated() -> None:
+    with pytest.raises(UserError, match="no column 'answer'"):
+        load_qa("toxicchat_benign")
+    prompts = load_qa("alpaca_instructions+toxicchat_benign", limit=4, need_answers=False)
+    assert [bool(e.answer) for e in prompts] == [True, False, True, False]
+    assert all(e.question for e in prompts)
+
+
 def test_load_builtin_truthfulqa_train() -> None:
     lines = [json.loads(line) for line in builtin_dataset_path("truthfulqa_train").read_text().splitlines() if line.strip()]
     examples = load_qa("truthfulqa_train")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from itertools import zip_longest
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -114,28 +115,43 @@ def load_qa(
     answer_column: str = "answer",
     limit: int = 0,
     where: str = "",
+    need_answers: bool = True,
     preferred_column: str = "",
 ) -> list[QAExample]:
-    """Question/answer pairs from ``source``; every row must have a non-empty answer.
+    """Question/answer pairs from ``source``; every row must have a non-empty answer unless ``need_answers`` is off.
 
+    ``source`` may join several sources with ``+`` (``alpaca_instructions+toxicchat_benign``): their rows are
+    interleaved one by one, so a ``limit`` draws evenly from each. Split, columns and filter apply to every part.
     ``where`` keeps only rows matching ``column=value[,column=value]`` (text comparison, case-insensitive),
-    e.g. ``is_response_0_safe=false`` to take PKU-SafeRLHF's unsafe responses. ``preferred_column`` also reads
-    a preferred alternative answer per row (must be non-empty too).
-    Raises UserError naming the file and row for a missing column or an empty answer.
+    e.g. ``is_response_0_safe=false`` to take PKU-SafeRLHF's unsafe responses.
+    With ``need_answers=False`` (the answers will be generated, ``normal_answers=self``) prompt-only rows are
+    kept with an empty answer. ``preferred_column`` also reads a preferred alternative answer per row (method
+    dpo; must be non-empty). Raises UserError naming the file and row for a missing column or an empty answer.
     """
+    parts = [part.strip() for part in source.split("+")] if "+" in source and not Path(source).exists() else [source]
+    if any(not part for part in parts):
+        raise UserError(f"data source '{source}' has an empty part; join sources as name+name")
+    loaded = [_load_qa_part(part, split, question_column, answer_column, where, need_answers, preferred_column) for part in parts]
+    examples = [example for group in zip_longest(*loaded) for example in group if example is not None]
+    return examples[:limit] if limit else examples
+
+
+def _load_qa_part(source: str, split: str, question_column: str, answer_column: str, where: str,
+                  need_answers: bool, preferred_column: str = "") -> list[QAExample]:
     rows = filter_rows(load_rows(source, split), where, source)
     if not rows:
         raise UserError(f"dataset {source} has no rows" + (f" matching {where}" if where else ""))
     examples = []
     for number, row in enumerate(rows, start=1):
-        for column in (question_column, answer_column, *([preferred_column] if preferred_column else [])):
+        required = (question_column, answer_column) if need_answers else (question_column,)
+        for column in (*required, *([preferred_column] if preferred_column else [])):
             if column not in row:
                 raise UserError(
                     f"{source}: row {number} has no column '{column}' (columns: {', '.join(map(str, row))}); "
                     "set the *_question_column / *_answer_column config keys"
                 )
-        question, answer = str(row[question_column] or "").strip(), str(row[answer_column] or "").strip()
-        if not answer:
+        question, answer = str(row[question_column] or "").strip(), str(row.get(answer_column) or "").strip()
+        if need_answers and not answer:
             raise UserError(f"{source}: row {number} has an empty answer in column '{answer_column}'; remove or fill it")
         preferred = None
         if preferred_column:
@@ -143,8 +159,6 @@ def load_qa(
             if not preferred:
                 raise UserError(f"{source}: row {number} has an empty preferred answer in column '{preferred_column}'; remove or fill it")
         examples.append(QAExample(question, answer, preferred))
-        if limit and len(examples) >= limit:
-            break
     return examples
 
 

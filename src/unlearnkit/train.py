@@ -76,9 +76,9 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------- setup
-def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_model: Any = None) -> StepBatcher:
-    """The step batcher of the run. With ``normal_answers=self`` and ``original_model`` given, the normal
-    answers are that model's own greedy answers to the normal prompts (see unlearnkit.own_answers)."""
+def load_run_data(config: RunConfig, method: Method) -> tuple[list[QAExample], list[QAExample]]:
+    """The forget and normal examples of the run (normal empty when the method needs none). With
+    ``normal_answers=self`` the normal answers may be empty (prompt-only pools): the model writes them."""
     d, m = config.data, config.method
     needs = resolve_needs(method, m)
     forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
@@ -87,17 +87,29 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
     needs_normal = needs.normal
     normal = (
         load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
-                answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)
+                answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where,
+                need_answers=d.normal_answers != "self")
         if needs_normal else []
     )
-    if normal and d.normal_answers == "self" and original_model is not None:
+    if method.mismatch_source == "template" and not m.template_reply.strip():
+        raise UserError("template_reply is empty; give the fixed reply the templated method should learn")
+    return forget, normal
+
+
+def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_model: Any = None) -> StepBatcher:
+    """The step batcher of the run. With ``normal_answers=self`` the normal answers are ``original_model``'s
+    own greedy answers to the normal prompts (see unlearnkit.own_answers); the model must then be given."""
+    d, m = config.data, config.method
+    needs = resolve_needs(method, m)
+    forget, normal = load_run_data(config, method)
+    if normal and d.normal_answers == "self":
+        if original_model is None:
+            raise ValueError("normal_answers=self needs the original model to answer the normal prompts")
         answers = own_answers(original_model, tokenizer, [e.question for e in normal], fingerprint=model_fingerprint(config.model),
                               template=d.template, max_new_tokens=d.max_length, progress=config.train.progress)
         normal = [QAExample(e.question, a) for e, a in zip(normal, answers) if a.strip()]
     template_ids = None
     if method.mismatch_source == "template":
-        if not m.template_reply.strip():
-            raise UserError("template_reply is empty; give the fixed reply the templated method should learn")
         # Tokenized after a real prompt, so the seam is the one every forget prompt has (see data.encode_pair).
         prompt = format_prompt(tokenizer, forget[0].question, d.template)
         template_ids = encode_pair(tokenizer, prompt, format_answer(m.template_reply, d.template, prompt))[1]
@@ -316,12 +328,11 @@ def train(
     needs = resolve_needs(method, config.method)
     # Everything that can fail on bad input happens before the output folder is touched.
     tokenizer = load_tokenizer(config.model)
-    batcher = prepare_data(config, tokenizer, method)
+    load_run_data(config, method)
     check_output_dir(t.output_dir, config.model.name)
     set_seed(t.seed)
     model = load_model(config.model)
-    if config.data.normal_answers == "self":
-        batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update
+    batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update (own answers)
     if needs.hidden_states:
         layers = len(decoder_layers(model)[1])
         if config.method.rmu_layer >= layers:

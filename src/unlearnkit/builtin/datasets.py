@@ -17,6 +17,8 @@ What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answ
   prompt-only, for measuring over-refusal. CC-BY-4.0.
 - ``alpaca_instructions``: 600 Alpaca-style everyday instructions (HaluEval general_data, non-hallucinated
   ChatGPT answers), disjoint from the Self-Instruct seeds: a benign pool for normal data. MIT.
+- ``toxicchat_benign``: 400 real user prompts that ToxicChat's annotators labelled unharmful (short, English),
+  prompt-only: a pool of everyday requests for normal data answered by the model itself. CC-BY-NC-4.0.
 - ``gutenberg_alice``: consecutive passages of *Alice's Adventures in Wonderland* as (prefix ``question``,
   continuation ``answer``, ``chapter``) for the copyright / memorization scenario and extraction prompts.
   Public domain (US).
@@ -60,6 +62,7 @@ _ADVBENCH_SU = "thu-coai/SafeUnlearning (Zhang et al. 2024) harmful answers to A
 _SELF_INSTRUCT = "Self-Instruct seed tasks (Wang et al. 2023) via tatsu-lab/stanford_alpaca"
 _XSTEST = "XSTest (Röttger et al. 2024), xstest_prompts.csv"
 _ALPACA = "HaluEval general_data.json (Li et al. 2023): Alpaca instructions with ChatGPT answers"
+_TOXICCHAT = "ToxicChat test split (Lin et al. 2023), unharmful user prompts"
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
 
 
@@ -125,6 +128,8 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
                "Apache-2.0", _SELF_INSTRUCT),
         _entry("xstest_safe", "250 safe prompts that look unsafe, prompt-only (over-refusal eval)", "CC-BY-4.0", _XSTEST),
         _entry("alpaca_instructions", "600 everyday instructions with ChatGPT answers (benign normal-data pool)", "MIT", _ALPACA),
+        _entry("toxicchat_benign", "400 real user prompts labelled unharmful, prompt-only (normal pool for normal_answers=self)",
+               "CC-BY-NC-4.0", _TOXICCHAT),
     ]
 )
 
@@ -151,7 +156,7 @@ def builtin_dataset_path(name: str) -> Path:
 def load_builtin_dataset(name: str) -> list[dict[str, Any]]:
     """All rows of builtin dataset ``name`` (a fresh list of dicts, file order).
 
-    Every row has a non-empty ``question`` and (except prompt-only ``xstest_safe``) ``answer``; some datasets add fields
+    Every row has a non-empty ``question`` and (except prompt-only ``xstest_safe`` and ``toxicchat_benign``) ``answer``; some datasets add fields
     (``right_answer``/``knowledge`` for HaluEval, ``chapter`` for Gutenberg).
     """
     path = builtin_dataset_path(name)
