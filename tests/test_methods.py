@@ -45,10 +45,17 @@ def make_config(model_dir: Path, files, out: Path, method: str, *overrides: str)
 
 
 # ------------------------------------------------------------------------------------------ combine: hand values
-def terms(**extra) -> StepTerms:
-    base = dict(forget_nll=torch.tensor([1.0, 3.0], requires_grad=True), retain_nll=torch.tensor([2.0, 4.0]), kl=torch.tensor(0.25))
-    base.update(extra)
-    return StepTerms(**base)
+def terms(logp: dict[str, list[float]] | None = None, reference_logp: dict[str, list[float]] | None = None,
+          mean_nll: dict[str, list[float]] | None = None) -> StepTerms:
+    """forget NLL [1, 3]; normal (retain) NLL [2, 4]; kl 0.25; per-group summed log-probs / mean NLLs as given."""
+    t = StepTerms(forget_nll=torch.tensor([1.0, 3.0], requires_grad=True), kl=torch.tensor(0.25))
+    for group, values in {"normal": [2.0, 4.0], **(mean_nll or {})}.items():
+        t.nll_sum[group], t.tokens[group] = torch.tensor(values), torch.ones(len(values))
+    for group, values in (logp or {}).items():
+        t.nll_sum[group], t.tokens[group] = -torch.tensor(values), torch.full((len(values),), 2.0)
+    for group, values in (reference_logp or {}).items():
+        t.reference_nll_sum[group] = -torch.tensor(values)
+    return t
 
 
 @pytest.mark.parametrize("regularizer, expected", [("auto", -2.0 + 0.5 * 3), ("retain_nll", -2.0 + 0.5 * 3), ("kl", -2.0 + 4 * 0.25),
@@ -60,7 +67,7 @@ def test_grad_diff_is_ga_plus_the_chosen_regularizer(regularizer, expected) -> N
 
 def test_npo_simnpo_combine_hand_values() -> None:
     # npo, beta 0.5, log ratios [0, -2] -> 2 (ln 2 + ln(1 + e^-1)); + w_retain * mean retain NLL (1 * 3).
-    t = terms(forget_logp=torch.tensor([-2.0, -4.0]), reference_forget_logp=torch.tensor([-2.0, -2.0]))
+    t = terms(logp={"forget": [-2.0, -4.0]}, reference_logp={"forget": [-2.0, -2.0]})
     npo = 2 * (math.log(2) + math.log1p(math.exp(-1)))
     assert METHODS["npo"].combine(t, MethodConfig(name="npo", npo_beta=0.5)).item() == pytest.approx(npo + 3.0, abs=1e-6)
     assert t.logged["npo_loss"] == pytest.approx(npo, abs=1e-6)
@@ -72,9 +79,9 @@ def test_npo_simnpo_combine_hand_values() -> None:
 
 
 def test_idk_and_dpo_combine_hand_values() -> None:
-    t = terms(preferred_nll=torch.tensor([0.5, 1.5]), preferred_logp=torch.tensor([-1.0, -1.0]), forget_logp=torch.tensor([-3.0, -3.0]),
-              reference_preferred_logp=torch.tensor([-2.0, -2.0]), reference_forget_logp=torch.tensor([-2.0, -2.0]))
+    t = terms(mean_nll={"preferred": [0.5, 1.5]})
     assert METHODS["idk_nll"].combine(t, MethodConfig(name="idk_nll", w_retain=2.0)).item() == pytest.approx(1.0 + 2.0 * 3.0)
+    t = terms(logp={"preferred": [-1.0, -1.0], "forget": [-3.0, -3.0]}, reference_logp={"preferred": [-2.0, -2.0], "forget": [-2.0, -2.0]})
     dpo = math.log1p(math.exp(-1.0))  # beta 0.5 * margin 2
     assert METHODS["idk_dpo"].combine(t, MethodConfig(name="idk_dpo", dpo_beta=0.5)).item() == pytest.approx(dpo + 3.0, abs=1e-6)
     assert METHODS["dpo"].combine(t, MethodConfig(name="dpo", dpo_beta=0.5)).item() == pytest.approx(dpo, abs=1e-6)  # default: none
@@ -83,16 +90,16 @@ def test_idk_and_dpo_combine_hand_values() -> None:
 def test_rmu_combine_hand_value() -> None:
     u = rmu_direction(2, seed=0)
     forget = (3 * u).view(1, 1, 2) + torch.tensor([1.0, -1.0])  # distance (1, -1) from c*u with c = 3 -> MSE 1
-    t = StepTerms(forget_nll=torch.zeros(1), forget_hidden=forget, forget_hidden_mask=torch.tensor([[True]]),
-                  retain_hidden=torch.tensor([[[1.0, 1.0]]]), reference_retain_hidden=torch.tensor([[[1.0, 3.0]]]),
-                  retain_hidden_mask=torch.tensor([[True]]))
+    t = StepTerms(forget_nll=torch.zeros(1), hidden={"forget": forget, "normal": torch.tensor([[[1.0, 1.0]]])},
+                  hidden_mask={"forget": torch.tensor([[True]]), "normal": torch.tensor([[True]])},
+                  reference_hidden={"normal": torch.tensor([[[1.0, 3.0]]])})
     loss = METHODS["rmu"].combine(t, MethodConfig(name="rmu", rmu_coeff=3.0, rmu_alpha=10.0, rmu_seed=0))
     assert loss.item() == pytest.approx(1.0 + 10.0 * 2.0, abs=1e-5)
     assert t.logged == pytest.approx({"rmu_forget_mse": 1.0, "rmu_retain_mse": 2.0}, abs=1e-5)
 
 
 def test_a_missing_term_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="forget_logp"):
+    with pytest.raises(ValueError, match="nll_sum\\['forget'\\]|reference_nll_sum"):
         METHODS["npo"].combine(terms(), MethodConfig(name="npo"))
 
 
@@ -100,13 +107,16 @@ def test_a_missing_term_is_a_clear_error() -> None:
 def test_needs_follow_the_method_and_its_regularizer() -> None:
     npo = resolve_needs(METHODS["npo"], MethodConfig(name="npo"))
     assert npo == Needs(reference_logprobs=True, retain_nll=True) and npo.normal and npo.reference
+    assert (npo.nll_groups, npo.reference_nll_groups, npo.kl_group) == (("forget", "normal"), ("forget",), None)
     assert resolve_needs(METHODS["npo"], MethodConfig(name="npo", regularizer="kl")) == Needs(reference_logprobs=True, kl=True)
     simnpo = resolve_needs(METHODS["simnpo"], MethodConfig(name="simnpo", regularizer="none"))
     assert simnpo == Needs() and not simnpo.normal and not simnpo.reference  # no reference model at all
     assert resolve_needs(METHODS["idk_nll"], MethodConfig(name="idk_nll")).preferred == "refusal"
-    assert resolve_needs(METHODS["dpo"], MethodConfig(name="dpo")) == Needs(preferred="column", reference_logprobs=True)
+    dpo = resolve_needs(METHODS["dpo"], MethodConfig(name="dpo"))
+    assert dpo == Needs(preferred="column", reference_logprobs=True)
+    assert (dpo.nll_groups, dpo.reference_nll_groups) == (("forget", "preferred"), ("forget", "preferred"))
     rmu = resolve_needs(METHODS["rmu"], MethodConfig(name="rmu"))
-    assert rmu.hidden_states and rmu.normal and rmu.reference and not rmu.retain_nll
+    assert rmu.hidden_states and rmu.normal and rmu.reference and not rmu.retain_nll and rmu.hidden_groups == ("forget", "normal")
     for name in PAPER_METHODS:  # unchanged by the new field
         assert resolve_needs(METHODS[name], MethodConfig(name=name, regularizer="kl")) == METHODS[name].needs
 
@@ -202,12 +212,13 @@ def test_one_step_raises_the_forget_nll(method, tiny_model_dir, preference_files
 
 def test_one_idk_step_lowers_the_refusal_nll(tiny_model_dir, preference_files, tmp_path) -> None:
     before, after = one_step(tiny_model_dir, preference_files, tmp_path, "idk_nll", "regularizer=none", lr=0.5)
-    assert after.preferred_nll.mean() < before.preferred_nll.mean() - 1e-4
+    assert after.mean_nll("preferred").mean() < before.mean_nll("preferred").mean() - 1e-4
 
 
 def test_dpo_steps_widen_the_preference_margin(tiny_model_dir, preference_files, tmp_path) -> None:
     before, after = one_step(tiny_model_dir, preference_files, tmp_path, "idk_dpo", "regularizer=none", lr=0.5)
-    margin = lambda t: (t.preferred_logp - t.reference_preferred_logp - t.forget_logp + t.reference_forget_logp).mean().detach()  # noqa: E731
+    margin = lambda t: (t.logprob("preferred") - t.reference_logprob("preferred") - t.logprob("forget")  # noqa: E731
+                        + t.reference_logprob("forget")).mean().detach()
     assert abs(float(margin(before))) < 1e-5 and float(margin(after)) > 1e-4  # policy == reference before the step
 
 
@@ -216,7 +227,7 @@ def test_rmu_moves_the_layer_activations_toward_the_target(tiny_model_dir, prefe
     assert after.logged["rmu_forget_mse"] < before.logged["rmu_forget_mse"] - 1e-4
     assert before.logged["rmu_retain_mse"] == pytest.approx(0.0, abs=1e-10)  # policy == reference before the step
     # The steered hidden states come from the chosen layer's output (hidden_states[layer + 1]).
-    assert before.forget_hidden.shape[-1] == 32
+    assert before.hidden["forget"].shape[-1] == 32
 
 
 def test_npo_gradient_tends_to_gradient_ascent_as_beta_goes_to_zero(tiny_model_dir, preference_files, tmp_path) -> None:
@@ -235,7 +246,7 @@ def test_npo_gradient_tends_to_gradient_ascent_as_beta_goes_to_zero(tiny_model_d
         loss_of(compute_terms(policy, reference, batch, needs)).backward()
         return torch.cat([p.grad.flatten() for p in policy.parameters()])
 
-    ga = gradient(lambda t: t.forget_logp.mean())
+    ga = gradient(lambda t: t.logprob("forget").mean())
     cosines = []
     for beta in (5.0, 0.5, 1e-3):
         npo = gradient(lambda t: METHODS["npo"].combine(t, MethodConfig(name="npo", npo_beta=beta, regularizer="none")))
@@ -259,9 +270,9 @@ def test_reference_logprobs_with_lora_are_the_adapter_free_model(tiny_model_dir,
                 p.add_(0.1)
     terms = compute_terms(policy, Reference(policy, lora=True), batch, resolve_needs(METHODS["idk_dpo"], config.method))
     fs, ps = batch.slices["forget"], batch.slices["preferred"]
-    assert torch.allclose(terms.reference_forget_logp, expected[fs], atol=1e-4)
-    assert torch.allclose(terms.reference_preferred_logp, expected[ps], atol=1e-4)
-    assert not torch.allclose(terms.forget_logp, expected[fs], atol=1e-3)
+    assert torch.allclose(terms.reference_logprob("forget"), expected[fs], atol=1e-4)
+    assert torch.allclose(terms.reference_logprob("preferred"), expected[ps], atol=1e-4)
+    assert not torch.allclose(terms.logprob("forget"), expected[fs], atol=1e-3)
     assert torch.allclose(terms.forget_nll, answer_nll(policy(**{k: batch.batch[k] for k in ("input_ids", "attention_mask")}).logits[fs],
                                                        batch.batch["labels"][fs]), atol=1e-5)
 

@@ -46,15 +46,18 @@ REFUSALS: tuple[str, ...] = (
 class Needs:
     """What one step of a method must compute; everything else is skipped.
 
-    mismatch: extra group of forget prompts with "normal" (K drawn normal answers) or "template" answers.
-    preferred: extra group of forget prompts with a preferred answer: "refusal" (drawn from REFUSALS) or
-        "column" (``forget_preferred_column`` of the forget data).
-    kl: KL(original || current) on the normal group (a no-grad reference forward).
-    retain_nll: mean answer NLL of the normal group.
-    reference_logprobs: summed answer log-probs of the forget (and preferred) group under the policy and,
-        without gradient, under the reference (NPO, DPO).
-    hidden_states: policy hidden states at ``rmu_layer`` on forget answers and normal tokens, and the
-        reference's on normal tokens (RMU).
+    mismatch: extra group "mismatch" of forget prompts with "normal" (K drawn normal answers) or "template" answers.
+    preferred: extra group "preferred" of forget prompts with a preferred answer: "refusal" (drawn from
+        REFUSALS) or "column" (``forget_preferred_column`` of the forget data).
+    kl: KL(original || current) on the "normal" group (a no-grad reference forward).
+    retain_nll: per-sequence answer NLL of the "normal" group.
+    reference_logprobs: per-sequence answer NLL of the "forget" (and "preferred") group under the reference,
+        no gradient (NPO, DPO).
+    hidden_states: policy hidden states at ``rmu_layer`` on "forget" answer tokens and "normal" tokens, and
+        the reference's on "normal" tokens (RMU).
+
+    The ``*_group(s)`` properties name the same in the step engine's terms (groups whose per-sequence NLL,
+    reference NLL, KL, hidden states a step computes).
     """
 
     mismatch: str | None = None
@@ -74,41 +77,72 @@ class Needs:
         """Whether the run needs the original model (frozen copy, or the adapter disabled with LoRA)."""
         return self.kl or self.reference_logprobs or self.hidden_states
 
+    @property
+    def nll_groups(self) -> tuple[str, ...]:
+        groups = ["forget"] + (["mismatch"] if self.mismatch else []) + (["preferred"] if self.preferred else [])
+        return tuple(groups + (["normal"] if self.retain_nll else []))
+
+    @property
+    def reference_nll_groups(self) -> tuple[str, ...]:
+        return (("forget", "preferred") if self.preferred else ("forget",)) if self.reference_logprobs else ()
+
+    @property
+    def kl_group(self) -> str | None:
+        return "normal" if self.kl else None
+
+    @property
+    def hidden_groups(self) -> tuple[str, ...]:
+        """Groups whose hidden states (policy; reference for "normal") at the chosen layer the loss reads."""
+        return ("forget", "normal") if self.hidden_states else ()
+
 
 @dataclass
 class StepTerms:
-    """Per-sequence quantities of one step (each computed only when the method needs it).
+    """Loss terms of one step (each computed only when the method needs it).
 
     forget_nll: [B] mean answer NLL of each forget example (always: logged, and the stop rule reads it).
     mismatch_nll: [B*K] (or [B] for a template reply) mean answer NLL of each mismatch sequence.
     kl: scalar KL(original || current) per valid normal-data token.
-    retain_nll: [N] mean answer NLL of each normal example.
-    preferred_nll: [B] mean NLL of each forget prompt's preferred answer (refusal or given alternative).
-    forget_logp / preferred_logp: [B] summed answer log-probs under the policy (gradients flow).
-    reference_forget_logp / reference_preferred_logp: [B] the same under the reference (constants).
-    forget_hidden [B, T, D] + forget_hidden_mask [B, T]: policy hidden states on forget answer tokens.
-    retain_hidden / reference_retain_hidden [N, T, D] + retain_hidden_mask [N, T]: on normal tokens.
+
+    By group name ("forget", "preferred", "normal"; filled for the groups a method's Needs names):
+    nll_sum / tokens: [n] summed answer NLL and answer-token count of each sequence (policy, with gradient).
+    reference_nll_sum: [n] summed answer NLL of each sequence under the original model (no gradient).
+    hidden / hidden_mask: [n, T, D] policy hidden states at the chosen layer and [n, T] the positions that
+        count (forget: answer tokens; normal: every real token); reference_hidden: the original model's.
     logged: extra scalars a method reports for the training log (e.g. its own loss parts).
     """
 
     forget_nll: torch.Tensor
     mismatch_nll: torch.Tensor | None = None
     kl: torch.Tensor | None = None
-    retain_nll: torch.Tensor | None = None
-    preferred_nll: torch.Tensor | None = None
-    forget_logp: torch.Tensor | None = None
-    preferred_logp: torch.Tensor | None = None
-    reference_forget_logp: torch.Tensor | None = None
-    reference_preferred_logp: torch.Tensor | None = None
-    forget_hidden: torch.Tensor | None = None
-    forget_hidden_mask: torch.Tensor | None = None
-    retain_hidden: torch.Tensor | None = None
-    reference_retain_hidden: torch.Tensor | None = None
-    retain_hidden_mask: torch.Tensor | None = None
+    nll_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    reference_nll_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden_mask: dict[str, torch.Tensor] = field(default_factory=dict)
+    reference_hidden: dict[str, torch.Tensor] = field(default_factory=dict)
     logged: dict[str, float] = field(default_factory=dict)
 
+    def mean_nll(self, group: str) -> torch.Tensor:
+        """[n] mean answer NLL per sequence of ``group``."""
+        return _need(self.nll_sum, group, "nll_sum") / _need(self.tokens, group, "tokens").clamp(min=1)
 
-def _need(value: torch.Tensor | None, name: str) -> torch.Tensor:
+    def logprob(self, group: str) -> torch.Tensor:
+        """[n] summed answer log-prob log pi(y|x) per sequence of ``group`` (policy, with gradient)."""
+        return -_need(self.nll_sum, group, "nll_sum")
+
+    def reference_logprob(self, group: str) -> torch.Tensor:
+        """[n] summed answer log-prob per sequence of ``group`` under the original model."""
+        return -_need(self.reference_nll_sum, group, "reference_nll_sum")
+
+
+def _need(values: dict[str, torch.Tensor], group: str, name: str) -> torch.Tensor:
+    if group not in values:
+        raise ValueError(f"this method needs step term {name}[{group!r}], which the step did not compute")
+    return values[group]
+
+
+def _need_term(value: torch.Tensor | None, name: str) -> torch.Tensor:
     if value is None:
         raise ValueError(f"this method needs step term {name!r}, which the step did not compute")
     return value
@@ -153,16 +187,16 @@ def _ga(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
 
 
 def _ga_mismatch(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
-    return _ga(t, c) + c.w_mismatch * _need(t.mismatch_nll, "mismatch_nll").mean()
+    return _ga(t, c) + c.w_mismatch * _need_term(t.mismatch_nll, "mismatch_nll").mean()
 
 
 def _ga_kl(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
-    return _ga(t, c) + c.w_normal * _need(t.kl, "kl")
+    return _ga(t, c) + c.w_normal * _need_term(t.kl, "kl")
 
 
 def _ga_mismatch_kl(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
     """The paper's full objective: w_fgt*L_fgt + w_rdn*L_rdn + w_nor*L_nor."""
-    return _ga_mismatch(t, c) + c.w_normal * _need(t.kl, "kl")
+    return _ga_mismatch(t, c) + c.w_normal * _need_term(t.kl, "kl")
 
 
 def _finetune(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
@@ -175,9 +209,9 @@ def _regularizer(t: StepTerms, c: "MethodConfig") -> torch.Tensor | float:
     """R = w_normal * KL(original||current) on normal data, or w_retain * mean NLL(normal answers), or 0."""
     chosen = regularizer_of(METHODS[c.name], c) if c.name in METHODS else c.regularizer
     if chosen == "kl":
-        return c.w_normal * _need(t.kl, "kl")
+        return c.w_normal * _need_term(t.kl, "kl")
     if chosen == "retain_nll":
-        return c.w_retain * _need(t.retain_nll, "retain_nll").mean()
+        return c.w_retain * t.mean_nll("normal").mean()
     return 0.0
 
 
@@ -199,7 +233,7 @@ def _npo(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
         L = -(2/beta) mean_i log sigmoid(-beta (log pi(y_i|x_i) - log pi_ref(y_i|x_i)))  +  R
     log-probs summed over answer tokens; R = retain NLL by default (the paper's NPO+RT).
     """
-    npo = npo_loss(_need(t.forget_logp, "forget_logp"), _need(t.reference_forget_logp, "reference_forget_logp"), c.npo_beta)
+    npo = npo_loss(t.logprob("forget"), t.reference_logprob("forget"), c.npo_beta)
     _log(t, npo_loss=npo)
     return npo + _regularizer(t, c)
 
@@ -219,7 +253,7 @@ def _idk_nll(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
 
         L = mean_i NLL(refusal_i | x_i)  +  R
     """
-    return _need(t.preferred_nll, "preferred_nll").mean() + _regularizer(t, c)
+    return t.mean_nll("preferred").mean() + _regularizer(t, c)
 
 
 def _preference(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
@@ -228,11 +262,8 @@ def _preference(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
 
         L = -mean_i log sigmoid(beta [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])  +  R
     """
-    dpo = dpo_loss(
-        _need(t.preferred_logp, "preferred_logp"), _need(t.forget_logp, "forget_logp"),
-        _need(t.reference_preferred_logp, "reference_preferred_logp"), _need(t.reference_forget_logp, "reference_forget_logp"),
-        c.dpo_beta,
-    )
+    dpo = dpo_loss(t.logprob("preferred"), t.logprob("forget"), t.reference_logprob("preferred"), t.reference_logprob("forget"),
+                   c.dpo_beta)
     _log(t, dpo_loss=dpo)
     return dpo + _regularizer(t, c)
 
@@ -248,11 +279,11 @@ def _rmu(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
         L = mean_{forget answer tokens} ||h(t) - c u||^2 / D  +  alpha * mean_{normal tokens} ||h(t) - h_ref(t)||^2 / D
     u: a fixed random unit vector (seed ``rmu_seed``); c = rmu_coeff; alpha = rmu_alpha.
     """
-    forget_hidden = _need(t.forget_hidden, "forget_hidden")
+    forget_hidden = _need(t.hidden, "forget", "hidden")
     forget_mse, retain_mse = rmu_losses(
-        forget_hidden, _need(t.forget_hidden_mask, "forget_hidden_mask"),
-        _need(t.retain_hidden, "retain_hidden"), _need(t.reference_retain_hidden, "reference_retain_hidden"),
-        _need(t.retain_hidden_mask, "retain_hidden_mask"),
+        forget_hidden, _need(t.hidden_mask, "forget", "hidden_mask"),
+        _need(t.hidden, "normal", "hidden"), _need(t.reference_hidden, "normal", "reference_hidden"),
+        _need(t.hidden_mask, "normal", "hidden_mask"),
         _direction(forget_hidden.size(-1), c.rmu_seed), c.rmu_coeff,
     )
     _log(t, rmu_forget_mse=forget_mse, rmu_retain_mse=retain_mse)

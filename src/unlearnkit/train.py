@@ -36,7 +36,7 @@ from unlearnkit.data import (
     tokenize_qa,
 )
 from unlearnkit.errors import UserError
-from unlearnkit.losses import answer_logprob, answer_nll, answer_nll_sum, forward_kl, next_token_mask
+from unlearnkit.losses import answer_nll_sum, forward_kl, next_token_mask
 from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, StepTerms, resolve_needs
 from unlearnkit.own_answers import model_fingerprint, own_answers
 from unlearnkit.modeling import (
@@ -225,54 +225,48 @@ def compute_terms(
     """
     batch, slices = step_batch.batch, step_batch.slices
     if needs is None:
-        needs = Needs(kl="normal" in slices and reference is not None)
+        needs = Needs(mismatch="normal" if "mismatch" in slices else None, kl="normal" in slices and reference is not None)
     device = next(model.parameters()).device
     input_ids, attention_mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
     outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=needs.hidden_states)
     logits = outputs.logits
-    fs = slices["forget"]
-    forget_nll_sum, forget_tokens = answer_nll_sum(logits[fs], labels[fs])
-    terms = StepTerms(forget_nll=forget_nll_sum / forget_tokens.clamp(min=1))
-    if "mismatch" in slices:
-        terms.mismatch_nll = answer_nll(logits[slices["mismatch"]], labels[slices["mismatch"]])
-    if "normal" in slices and needs.retain_nll:
-        terms.retain_nll = answer_nll(logits[slices["normal"]], labels[slices["normal"]])
+    terms = StepTerms(forget_nll=torch.zeros(0, device=device))
+    for group in needs.nll_groups:
+        if group in slices:
+            gs = slices[group]
+            terms.nll_sum[group], terms.tokens[group] = answer_nll_sum(logits[gs], labels[gs])
+    terms.forget_nll = terms.mean_nll("forget")
+    if "mismatch" in terms.nll_sum:
+        terms.mismatch_nll = terms.mean_nll("mismatch")
     if "normal" in slices and needs.kl and reference is not None:
         ns = slices["normal"]
         # Trim to the normal rows' own length: the joint batch may be padded longer for other groups.
         length = int(attention_mask[ns].sum(dim=1).max())
         ref_logits = reference.logits(model, input_ids[ns, :length], attention_mask[ns, :length])
         terms.kl = forward_kl(logits[ns, :length], ref_logits, next_token_mask(attention_mask[ns, :length]))
-    _preference_terms(terms, model, reference, slices, input_ids, attention_mask, labels, logits, needs)
+    if needs.reference_nll_groups:
+        _reference_nll_terms(terms, model, reference, slices, input_ids, attention_mask, labels, needs.reference_nll_groups)
     if needs.hidden_states:
         _hidden_terms(terms, model, reference, slices, input_ids, attention_mask, labels, outputs.hidden_states, hidden_layer)
     return terms
 
 
 # The field's methods' extra quantities (kept apart from the paper's terms above; see methods.Needs).
-def _preference_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference | None, slices: dict[str, slice],
-                      input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                      logits: torch.Tensor, needs: Needs) -> None:
-    """Preferred-answer NLL, and summed answer log-probs of forget/preferred rows under policy and reference."""
-    fs, ps = slices["forget"], slices.get("preferred")
-    if ps is not None:
-        terms.preferred_nll = answer_nll(logits[ps], labels[ps])
-    if not needs.reference_logprobs:
-        return
+def _reference_nll_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference | None, slices: dict[str, slice],
+                         input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                         groups: tuple[str, ...]) -> None:
+    """Summed answer NLL per sequence of ``groups`` under the reference: one no-grad forward over their rows."""
     assert reference is not None, "reference log-probs need a reference model"
-    terms.forget_logp = answer_logprob(logits[fs], labels[fs])
-    if ps is not None:
-        terms.preferred_logp = answer_logprob(logits[ps], labels[ps])
-    # One no-grad reference forward over the forget (and preferred) rows, trimmed to their own length.
-    rows = torch.cat([torch.arange(s.start, s.stop, device=input_ids.device) for s in (fs, ps) if s is not None])
-    length = int(attention_mask[rows].sum(dim=1).max())
-    reference_logp = answer_logprob(
-        reference.logits(model, input_ids[rows, :length], attention_mask[rows, :length]), labels[rows, :length]
-    )
-    num_forget = fs.stop - fs.start
-    terms.reference_forget_logp = reference_logp[:num_forget]
-    if ps is not None:
-        terms.reference_preferred_logp = reference_logp[num_forget:]
+    groups = tuple(g for g in groups if g in slices)
+    rows = torch.cat([torch.arange(slices[g].start, slices[g].stop, device=input_ids.device) for g in groups])
+    length = int(attention_mask[rows].sum(dim=1).max())  # trimmed to these rows' own length
+    ref_logits = reference.logits(model, input_ids[rows, :length], attention_mask[rows, :length])
+    nll_sum, _ = answer_nll_sum(ref_logits, labels[rows, :length])
+    start = 0
+    for g in groups:
+        count = slices[g].stop - slices[g].start
+        terms.reference_nll_sum[g] = nll_sum[start:start + count]
+        start += count
 
 
 def _hidden_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference | None, slices: dict[str, slice],
@@ -283,11 +277,10 @@ def _hidden_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference
     assert layer is not None and reference is not None, "hidden-state terms need a layer and a reference model"
     fs, ns = slices["forget"], slices["normal"]
     policy_hidden = hidden_states[layer + 1]
-    terms.forget_hidden, terms.forget_hidden_mask = policy_hidden[fs], labels[fs] != -100
+    terms.hidden["forget"], terms.hidden_mask["forget"] = policy_hidden[fs], labels[fs] != -100
     length = int(attention_mask[ns].sum(dim=1).max())
-    terms.retain_hidden = policy_hidden[ns, :length]
-    terms.retain_hidden_mask = attention_mask[ns, :length].bool()
-    terms.reference_retain_hidden = reference.hidden_state(model, input_ids[ns, :length], attention_mask[ns, :length], layer)
+    terms.hidden["normal"], terms.hidden_mask["normal"] = policy_hidden[ns, :length], attention_mask[ns, :length].bool()
+    terms.reference_hidden["normal"] = reference.hidden_state(model, input_ids[ns, :length], attention_mask[ns, :length], layer)
 
 
 def _scalar(x: torch.Tensor | None) -> float | None:
@@ -401,8 +394,8 @@ def train(
             last = {
                 "step": state.step, "forget_nll": forget_nll, "mismatch_nll": _scalar(terms.mismatch_nll),
                 "kl": _scalar(terms.kl), "loss": float(loss.detach()), "lr": lr,
-                **{k: v for k, v in (("retain_nll", _scalar(terms.retain_nll)), ("preferred_nll", _scalar(terms.preferred_nll)))
-                   if v is not None},
+                **{f"{'retain' if g == 'normal' else g}_nll": _scalar(terms.mean_nll(g)) for g in ("normal", "preferred")
+                   if g in terms.nll_sum},
                 **terms.logged,
                 "tokens_per_s": step_batch.num_tokens / elapsed, "step_time_s": elapsed,
             }
