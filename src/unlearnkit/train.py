@@ -330,14 +330,13 @@ def train(
         layers = len(decoder_layers(model)[1])
         if config.method.rmu_layer >= layers:
             raise UserError(f"rmu_layer {config.method.rmu_layer} is past the model's last layer ({layers - 1}); choose a middle layer")
-    out = prepare_output_dir(config, resume)
-
     reference = None
     if config.model.lora:
         model = add_lora(model, config.model)
     if config.method.name == "rmu" and config.method.rmu_params == "mlp_out":
         layer = config.method.rmu_layer
         train_only_mlp_out(model, list(range(max(0, layer - 2), layer + 1)))
+    out = prepare_output_dir(config, resume)
     if needs.reference:
         reference = Reference(model, lora=config.model.lora)
     model.train()
