@@ -60,3 +60,11 @@ def test_bad_scenario_input_is_one_line_and_writes_nothing(tmp_path, capsys, arg
     err = capsys.readouterr().err
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_every_scenario_preset_ships_and_loads():
+    from unlearnkit.config import load_config
+
+    for scenario in SCENARIOS.values():
+        for stage in scenario.stages:
+            assert load_config(REPO / "configs" / stage.preset, []).data.forget

@@ -7,6 +7,7 @@ report. The copyright scenario first plants memorized text (the builtin model ha
     copyright      memorize (finetune on book passages) -> unlearn them -> evaluate original / memorized / unlearned
     hallucination  unlearn HaluEval's hallucinated answers -> evaluate original / unlearned
     harmful        unlearn harmful answers (the demo preset) -> evaluate original / unlearned
+    harmful-pku    the same on PKU-SafeRLHF's unsafe responses (the paper's data)
 
 Overrides apply to every stage (``max_steps=2``) or to one (``memorize.max_steps=2``,
 ``unlearn.lr=1e-5``). A finished stage whose resolved config is unchanged is reused (its model is
@@ -49,6 +50,8 @@ SCENARIOS: dict[str, Scenario] = {
                               (Stage("unlearned", "unlearn", "hallucination.yaml"),)),
     "harmful": Scenario("unlearn harmful answers (harmful rates, utility on benign prompts)",
                         (Stage("unlearned", "unlearn", "demo.yaml"),)),
+    "harmful-pku": Scenario("unlearn PKU-SafeRLHF unsafe responses (the paper's data; harmful rates, utility)",
+                            (Stage("unlearned", "unlearn", "pku_harmful.yaml"),)),
 }
 
 
@@ -139,6 +142,8 @@ SCENARIO_KEYS = {
                   "similarity_to_original_benign", "nm_rate_benign", "refusal_rate_overrefusal"),
     "hallucination": ("hallucination_rate_hallucination", "right_answer_rate_hallucination", "on_topic_rate_benign",
                       "similarity_to_original_benign", "nm_rate_benign", "refusal_rate_overrefusal"),
+    "harmful-pku": ("harmful_rate_forget", "harmful_rate_heldout", "on_topic_rate_benign", "similarity_to_original_benign",
+                    "nm_rate_benign", "refusal_rate_overrefusal"),
     "harmful": ("harmful_rate_forget", "harmful_rate_heldout", "on_topic_rate_benign", "similarity_to_original_benign",
                 "nm_rate_benign", "refusal_rate_overrefusal"),
 }
