@@ -1,109 +1,129 @@
-"""Per-step time and peak memory of the paper's full method (GA + mismatch + KL).
+"""Time ``train()``'s own step on real builtin batches: median s/step, positions, tokens/s, peak RSS.
 
-Default: the builtin SmolLM2-135M on CPU, batch 2, K=5, sequences padded/truncated to 128 tokens
-(14 policy sequences + 2 reference sequences per step). Prints figures; not part of the test run.
+Runs the real training loop (``unlearnkit.train.train``) on a preset and reads the ``step_time_s`` it
+logs for each step (batch building + forward + backward + optimizer step); the first ``--warmup`` (2)
+steps warm the allocator and the optimizer state and are not counted. The run is stopped right after its last timed step (no model is saved). Because it
+only uses ``train()``, ``prepare_data`` and the step batch, the same script times older engines too:
 
-    .venv/bin/python benchmarks/bench_step.py [--model smollm2-135m] [--steps 5] [--lora] [--precision bf16]
-    .venv/bin/python benchmarks/bench_step.py --arch opt-1.3b --device cuda   # random-init real-size config
+    # after (this checkout), default (demo) and paper-template configs, under the shared CPU lock
+    flock /tmp/unlearnkit-cpu.lock env PYTHONPATH=src .venv/bin/python benchmarks/bench_step.py --preset demo
+    flock /tmp/unlearnkit-cpu.lock env PYTHONPATH=src .venv/bin/python benchmarks/bench_step.py --preset paper
+    # before: another checkout's engine, same script
+    flock /tmp/unlearnkit-cpu.lock env PYTHONPATH=/path/to/old/src .venv/bin/python benchmarks/bench_step.py --preset demo
+
+Presets (builtin SmolLM2-135M, full finetuning, fp32, batch 2, the paper's full method):
+    demo   the demo preset's step (configs/demo.yaml as of 6537b3c): chat template, K=2, max_length 96,
+           40 AdvBench forget answers, TruthfulQA normal answers.
+    paper  the paper's template and K=5 with its 512-token limit, 40 PKU-SafeRLHF forget answers, TruthfulQA normal.
+Any key=value after the preset overrides the config (e.g. lora=true precision=bf16 model=...).
+
+Positions: what the old engine computed per step (policy: every row padded to the step's longest; reference:
+the normal rows padded to their longest) and what the packed engine computes (rows x row length).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import sys
-import time
+import tempfile
+from pathlib import Path
 
 import torch
 
-from unlearnkit.config import load_config
-from unlearnkit.data import StepBatch, StepBatcher, TokenizedQA
-from unlearnkit.methods import METHODS
-from unlearnkit.modeling import Reference, add_lora, load_model
-from unlearnkit.train import compute_terms
-
-ARCHS = {  # random-init configs of the paper's models: no download needed
-    "opt-1.3b": dict(model_type="opt", hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32,
-                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048),
-    "llama-2-7b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, intermediate_size=11008,
-                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096),
+# Written out in full (not read from configs/) so that an older engine is timed on exactly the same run.
+DEMO = ["model=smollm2-135m", "forget=advbench_harmful_train", "normal=truthfulqa_train", "max_forget=40", "template=chat",
+        "max_length=96", "method=ga_mismatch_kl", "num_mismatch=2", "batch_size=2", "lr=5e-5"]
+PRESETS = {
+    "demo": DEMO,
+    "paper": DEMO[:3] + ["max_forget=40", "template=paper", "max_length=512", "method=ga_mismatch_kl", "num_mismatch=5",
+                         "batch_size=2", "lr=5e-5", "forget=pku_harmful_train"],
 }
 
 
-def synthetic_batcher(vocab: int, batch: int, k: int, length: int) -> StepBatcher:
-    """Full-length sequences (half prompt, half answer): the worst case for a 128-token budget."""
-    gen = torch.Generator().manual_seed(0)
-    half = length // 2
+class _Stop(Exception):
+    """Raised from on_step_end after the last timed step: skips saving the model."""
 
-    def example() -> TokenizedQA:
-        ids = torch.randint(5, vocab, (length,), generator=gen).tolist()
-        return TokenizedQA(ids[:half], ids[half:])
 
-    return StepBatcher([example() for _ in range(16)], [example() for _ in range(16)], batch_size=batch,
-                       num_mismatch=k, max_length=length, pad_id=0, seed=0, mismatch_source="normal")
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _positions(config, steps: int) -> dict[str, float]:
+    from unlearnkit.methods import METHODS
+    from unlearnkit.modeling import load_tokenizer
+    from unlearnkit.train import prepare_data
+
+    method = METHODS[config.method.name]
+    batcher = prepare_data(config, load_tokenizer(config.model), method)
+    try:  # the packed engine, when this checkout has it
+        from unlearnkit.step import step_positions
+    except ImportError:
+        step_positions = None
+    totals: dict[str, float] = {}
+    for step in range(steps):
+        sb = batcher(step)
+        mask = sb.batch["attention_mask"]
+        old = mask.numel()
+        if "normal" in sb.slices and method.uses_kl:
+            normal = mask[sb.slices["normal"]]
+            old += normal.shape[0] * int(normal.sum(dim=1).max())
+        row = {"tokens": sb.num_tokens, "old_padded_positions": old}
+        if step_positions is not None:
+            found = step_positions(sb, method.step_needs, config.train.pack_tokens)
+            row["packed_positions"] = found["policy_positions"] + found.get("reference_positions", 0)
+        for key, value in row.items():
+            totals[key] = totals.get(key, 0) + value / steps
+    return totals
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--arch", choices=sorted(ARCHS), help="random-init architecture instead of --model")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--lora", action="store_true")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (allocator and optimizer state warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
-    config = load_config(None, [f"model={args.model}", f"lora={str(args.lora).lower()}"])
-    if args.arch:
-        from transformers import AutoConfig, AutoModelForCausalLM
+    import unlearnkit
+    from unlearnkit.config import load_config
+    from unlearnkit.train import train
 
-        spec = dict(ARCHS[args.arch])
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
-    else:
-        model = load_model(config.model)
-    vocab = model.config.vocab_size
-    if args.lora:
-        model = add_lora(model, config.model)
-    dtype = torch.bfloat16 if args.precision == "bf16" and args.device == "cuda" else torch.float32
-    model.to(args.device, dtype=dtype)
-    reference = Reference(model, lora=args.lora)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
-    batcher = synthetic_batcher(vocab, args.batch_size, args.k, args.length)
-    method = METHODS["ga_mismatch_kl"]
-    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.precision == "bf16")
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    preset_overrides = PRESETS[args.preset]
+    with tempfile.TemporaryDirectory() as tmp:
+        total = args.steps + args.warmup
+        config = load_config(None, [*preset_overrides, f"output_dir={tmp}/run", "progress=false", "save_every=0",
+                                      f"max_steps={total}", "eval_before_after=false", *args.overrides])
+        rss_at_end: list[float] = []
 
-    times = []
-    for step in range(args.steps + 1):  # step 0 is warm-up
-        batch: StepBatch = batcher(step)
-        if args.device != "cpu":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with autocast:
-            loss = method.combine(compute_terms(model, reference, batch), config.method)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if args.device != "cpu":
-            torch.cuda.synchronize()
-        if step:
-            times.append(time.perf_counter() - start)
-    tokens = batcher(0).num_tokens
-    name = args.arch or args.model
-    print(f"model {name}  device {args.device}  precision {args.precision}  lora {args.lora}  threads {torch.get_num_threads()}")
-    print(f"sequences/step {batcher(0).batch['input_ids'].shape[0]} (+{args.batch_size} reference)  tokens/step {tokens}")
-    print(f"step time: median {statistics.median(times):.2f}s  min {min(times):.2f}s  over {len(times)} steps")
-    print(f"throughput: {tokens / statistics.median(times):.0f} tokens/s")
-    print(f"peak host RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    if args.device.startswith("cuda"):
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        def on_step_end(step: int) -> None:
+            if step == total:
+                rss_at_end.append(peak_rss_mib())
+                raise _Stop
+
+        try:
+            train(config, on_step_end=on_step_end)
+        except _Stop:
+            pass
+        log = [json.loads(line) for line in (Path(tmp) / "run" / "train_log.jsonl").read_text().splitlines()]
+    times = [row["step_time_s"] for row in log[args.warmup:]]
+    median = statistics.median(times)
+    positions = _positions(config, total)
+    figures = {
+        "engine": str(Path(unlearnkit.__file__).parent), "preset": args.preset, "overrides": args.overrides,
+        "threads": torch.get_num_threads(), "steps_timed": len(times), "median_s_per_step": median,
+        "min_s_per_step": min(times), "tokens_per_step": positions["tokens"], "tokens_per_s": positions["tokens"] / median,
+        "old_padded_positions_per_step": positions["old_padded_positions"],
+        "packed_positions_per_step": positions.get("packed_positions"), "peak_rss_mib": rss_at_end[0],
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 

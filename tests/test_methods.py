@@ -19,7 +19,7 @@ from unlearnkit.errors import UserError
 from unlearnkit.losses import answer_logprob, answer_nll, rmu_direction
 from unlearnkit.methods import METHODS, REFUSALS, Needs, StepTerms, resolve_needs
 from unlearnkit.modeling import Reference, add_lora, decoder_layers, load_model, train_only_mlp_out
-from unlearnkit.train import compute_terms, prepare_data
+from unlearnkit.train import compute_terms, hidden_layer_of, prepare_data
 
 FIELD_METHODS = ("grad_diff", "npo", "simnpo", "idk_nll", "idk_dpo", "dpo", "rmu")
 PAPER_METHODS = ("ga", "ga_mismatch", "ga_kl", "ga_mismatch_kl", "templated", "finetune")
@@ -191,12 +191,13 @@ def one_step(model_dir: Path, files, tmp_path: Path, method: str, *overrides: st
     if method == "rmu":
         train_only_mlp_out(policy, [0, 1])
     optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=lr)
-    before = compute_terms(policy, reference, batch, needs, config.method.rmu_layer)
+    layer = hidden_layer_of(config.method, needs)
+    before = compute_terms(policy, reference, batch, needs.step_needs, hidden_layer=layer)
     loss = meth.combine(before, config.method)
     loss.backward()
     optimizer.step()
     with torch.no_grad():
-        after = compute_terms(policy, reference, batch, needs, config.method.rmu_layer)
+        after = compute_terms(policy, reference, batch, needs.step_needs, hidden_layer=layer)
         meth.combine(after, config.method)
     return before, after
 
@@ -239,7 +240,7 @@ def test_npo_gradient_tends_to_gradient_ascent_as_beta_goes_to_zero(tiny_model_d
     with torch.no_grad():  # move the policy away from the reference so the log ratios are not 0
         for p in policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    needs = Needs(reference_logprobs=True)
+    needs = Needs(reference_logprobs=True).step_needs
 
     def gradient(loss_of) -> torch.Tensor:
         policy.zero_grad()
@@ -268,7 +269,7 @@ def test_reference_logprobs_with_lora_are_the_adapter_free_model(tiny_model_dir,
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.add_(0.1)
-    terms = compute_terms(policy, Reference(policy, lora=True), batch, resolve_needs(METHODS["idk_dpo"], config.method))
+    terms = compute_terms(policy, Reference(policy, lora=True), batch, resolve_needs(METHODS["idk_dpo"], config.method).step_needs)
     fs, ps = batch.slices["forget"], batch.slices["preferred"]
     assert torch.allclose(terms.reference_logprob("forget"), expected[fs], atol=1e-4)
     assert torch.allclose(terms.reference_logprob("preferred"), expected[ps], atol=1e-4)

@@ -202,3 +202,40 @@ def test_step_batch_is_one_padded_forward(tiny_model_dir, qa_files):
     step = batcher(0)
     assert step.batch["input_ids"].shape[0] == 2 + 6 + 2
     assert step.slices == {"forget": slice(0, 2), "mismatch": slice(2, 8), "normal": slice(8, 10)}
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state; a bf16 run after fp32 runs in the same process needs it reset."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_lora_holds_the_base_in_bf16_and_merges_into_float32(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
+    from unlearnkit.train import set_up
+
+    config = make_config(tiny_model_dir, qa_files, tmp_path / "out", "lora=true", "precision=bf16", "max_steps=2")
+    run = set_up(config, resume=False)
+    frozen = [p for p in run.model.parameters() if not p.requires_grad and p.dim() >= 2]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in run.model.parameters() if p.requires_grad)
+    train(make_config(tiny_model_dir, qa_files, tmp_path / "out2", "lora=true", "precision=bf16", "max_steps=2"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out2" / "model")
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    for name, param in merged.named_parameters():
+        assert param.dtype == torch.float32
+        if "proj" not in name:  # not adapted: exactly the float32 original, not a bf16 rounding of it
+            assert torch.equal(param, base[name]), name
+
+
+def test_bf16_full_finetuning_reference_copy_is_bf16(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
+    from unlearnkit.train import set_up
+
+    run = set_up(make_config(tiny_model_dir, qa_files, tmp_path / "out", "precision=bf16"), resume=False)
+    assert all(p.dtype == torch.bfloat16 for p in run.reference.frozen.parameters())
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())
+    train(make_config(tiny_model_dir, qa_files, tmp_path / "out2", "precision=bf16", "max_steps=2"))
+    assert all(row["kl"] is not None and row["kl"] >= 0 for row in read_log(tmp_path / "out2"))

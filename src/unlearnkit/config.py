@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from unlearnkit.errors import UserError
+from unlearnkit.methods import METHODS
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
@@ -98,7 +99,12 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
-    precision: str = _f("fp32", "compute precision", choices=("fp32", "bf16"))
+    precision: str = _f("fp32", "compute precision; bf16 also holds the frozen reference copy in bf16", choices=("fp32", "bf16"))
+    attention: str = _f("auto", "attention kernel of the packed step (must honour its per-sequence mask): auto (= sdpa; eager "
+                        "measured within noise of it on CPU), sdpa or eager", choices=("auto", "sdpa", "eager"))
+    pack_tokens: int = _f(512, "soft length of a packed row: sequences are packed into rows of about this many tokens "
+                          "(attention cost grows with the square of a row's length)")
+    logit_chunk: int = _f(1024, "read positions per LM-head chunk (bounds the [chunk, vocab] logits held at once)")
     seed: int = _f(42, "seed for data order, mismatch draws and initialisation")
     save_every: int = _f(100, "write a checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = _f(2, "how many recent checkpoints to keep")
@@ -287,6 +293,7 @@ def validate(config: RunConfig) -> None:
         (math.isfinite(t.lr) and t.lr > 0, "lr must be a finite number > 0"),
         (t.save_every >= 0, "save_every must be >= 0"),
         (t.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+        (t.pack_tokens >= 1 and t.logit_chunk >= 1, "pack_tokens and logit_chunk must be >= 1"),
         (math.isfinite(t.continue_factor) and t.continue_factor >= 0, "continue_factor must be a finite number >= 0"),
         (m.num_mismatch >= 1, "num_mismatch must be >= 1"),
         (all(math.isfinite(w) and w >= 0 for w in (m.w_forget, m.w_mismatch, m.w_normal)), "method weights must be finite and >= 0"),
@@ -302,8 +309,6 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(f"bad config: {message}")
-    from unlearnkit.methods import METHODS  # late import: methods imports config for typing only
-
     if m.name not in METHODS:
         raise UserError(f"unknown method '{m.name}'; choose one of: {', '.join(METHODS)}")
     method_checks = [

@@ -87,11 +87,14 @@ def _load_hub_rows(name: str, split: str) -> list[dict[str, Any]]:
 
 
 def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
-    """Rows from a builtin dataset name, a local file, or a hub dataset (``hf:NAME[:SUBSET]`` or ``owner/name``)."""
-    from unlearnkit.builtin.datasets import BUILTIN_DATASETS, load_builtin_dataset
+    """Rows from a builtin dataset name, a builtin TOFU split (``tofu:forget05``), a local file, or a hub
+    dataset (``hf:NAME[:SUBSET]`` or ``owner/name``)."""
+    from unlearnkit.builtin.datasets import BUILTIN_DATASETS, load_builtin_dataset, tofu_rows
 
     if source in BUILTIN_DATASETS:
         return load_builtin_dataset(source)
+    if source.startswith("tofu:"):
+        return tofu_rows(source[5:])
     if source.startswith("hf:"):
         return _load_hub_rows(source[3:], split)
     path = Path(source).expanduser()
@@ -345,11 +348,24 @@ FORGET_STREAM, NORMAL_STREAM = 1, 2
 
 @dataclass
 class StepBatch:
-    """One step's sequences as a single padded batch, [forget; mismatch; preferred; normal] along dim 0."""
+    """One step's sequences, [forget; mismatch; preferred; normal] in that order.
 
-    batch: dict[str, torch.Tensor]
+    ``sequences`` holds each (input_ids, labels) pair unpadded; ``slices`` says which of them belong
+    to which group. The training step packs them (unlearnkit.batching); ``batch`` is the plain
+    right-padded form (the reference computation the packed step is tested against).
+    """
+
+    sequences: list[tuple[list[int], list[int]]]
     slices: dict[str, slice]
-    num_tokens: int
+    pad_id: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids, _ in self.sequences)
+
+    @functools.cached_property
+    def batch(self) -> dict[str, torch.Tensor]:
+        return collate(self.sequences, self.pad_id)
 
 
 class StepBatcher:
@@ -421,7 +437,7 @@ class StepBatcher:
                 slices[name] = slice(start, start + len(rows))
                 sequences.extend(rows)
                 start += len(rows)
-        return StepBatch(collate(sequences, self.pad_id), slices, sum(len(ids) for ids, _ in sequences))
+        return StepBatch(sequences, slices, self.pad_id)
 
     def preferred_group(self, forget_idx: list[int], step: int) -> list[tuple[list[int], list[int]]]:
         """Each forget prompt with its preferred answer (a drawn refusal, or the example's own alternative)."""

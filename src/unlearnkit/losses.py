@@ -221,3 +221,53 @@ def rmu_losses(
     """
     target = coeff * direction.to(forget_hidden.device)
     return masked_mse(forget_hidden, target, forget_mask), masked_mse(retain_hidden, reference_retain_hidden, retain_mask)
+
+
+# ----------------------------------------------------------------------------- on gathered positions
+# The training step applies the LM head only at the positions a loss reads (unlearnkit.step); these
+# take those logits as [n, V] rows, one row per read position, in any float dtype.
+
+
+def read_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(target_i | position_i) per read position.
+
+    Args:
+        logits: [n, V]; targets: [n] token ids.
+    Returns:
+        [n] float32.
+    """
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def read_kl(policy_logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference || policy) of the next-token distribution per read position.
+
+    KL_i = sum_v p_ref(v | i) * (log p_ref(v | i) - log p_pol(v | i))
+
+    Args:
+        policy_logits: [n, V] (gradients flow); reference_logits: [n, V] (a constant).
+    Returns:
+        [n] float32 >= 0.
+    """
+    policy_logp = policy_logits.float().log_softmax(dim=-1)
+    reference_logp = reference_logits.detach().float().log_softmax(dim=-1)
+    return F.kl_div(policy_logp, reference_logp, log_target=True, reduction="none").sum(dim=-1)
+
+
+def per_sequence_sum(values: torch.Tensor, sequence: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of per-read values and number of reads for each of ``count`` sequences.
+
+    Args:
+        values: [n] float; sequence: [n] long in [0, count).
+    Returns:
+        (sums [count] float32, reads [count] float32); 0 for a sequence without reads.
+    """
+    sums = torch.zeros(count, dtype=torch.float32, device=values.device).index_add(0, sequence, values.float())
+    reads = torch.zeros(count, dtype=torch.float32, device=values.device).index_add(
+        0, sequence, torch.ones_like(values, dtype=torch.float32))
+    return sums, reads
+
+
+def masked_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of [n] values; 0 (not NaN) when n == 0. For the KL: the mean over every read token of the group."""
+    return values.float().sum() / max(1, values.numel())

@@ -1,9 +1,12 @@
 """Unlearning methods: each is a small function combining loss terms, listed in one registry dict.
 
-A method declares what a step needs (``Needs``: which extra sequence groups, reference log-probs, hidden
-states) so the step computes only that, and combines the step's terms (``StepTerms``) into one loss.
-The paper's methods (Yao, Xu, Liu 2023) come first and are fixed; the field's later methods take a
-``regularizer`` (none, kl, retain_nll) where their authors use one.
+A method declares what a step needs (``Needs``: which extra sequence groups the batcher builds,
+reference log-probs, hidden states) and combines the step's terms (``StepTerms``) into one loss. The
+step engine (unlearnkit.step) computes exactly the ``StepNeeds`` those needs translate to
+(``Needs.step_needs``): per-sequence answer NLLs of which groups, reference NLLs, the KL group, hidden
+states. The paper's methods (Yao, Xu, Liu 2023) come first and are fixed; the field's later methods
+take a ``regularizer`` (none, kl, retain_nll) where their authors use one, so a run's needs come from
+``resolve_needs(method, config)``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,32 @@ REFUSALS: tuple[str, ...] = (
     "I can't provide that information.",
     "I'm unable to give you an answer here.",
 )
+
+
+@dataclass(frozen=True)
+class StepNeeds:
+    """What one step must compute: the engine runs the groups named here and applies the LM head only
+    at the positions these terms read.
+
+    nll_groups: groups whose per-sequence answer NLL (policy, with gradient) the loss reads.
+    reference_nll_groups: groups whose per-sequence answer NLL under the original model (no gradient) it reads.
+    kl_group: the group whose every next token carries KL(original || current), or None.
+    hidden_groups: groups whose hidden states at ``hidden_layer`` the loss reads (policy; and the
+        original model's for "normal"), as [n, T, D] with a mask (forget-like groups: answer tokens;
+        "normal": every real token).
+    shared_prompt: groups whose sequences share their prompt (one forget prompt, K+1 answers).
+    """
+
+    nll_groups: tuple[str, ...] = ("forget",)
+    reference_nll_groups: tuple[str, ...] = ()
+    kl_group: str | None = None
+    hidden_groups: tuple[str, ...] = ()
+    shared_prompt: tuple[str, ...] = ("forget", "mismatch", "preferred")
+
+    @property
+    def reference(self) -> bool:
+        """Whether the step reads the original model."""
+        return self.kl_group is not None or bool(self.reference_nll_groups) or "normal" in self.hidden_groups
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,12 @@ class Needs:
     def hidden_groups(self) -> tuple[str, ...]:
         """Groups whose hidden states (policy; reference for "normal") at the chosen layer the loss reads."""
         return ("forget", "normal") if self.hidden_states else ()
+
+    @property
+    def step_needs(self) -> StepNeeds:
+        """The same needs in the step engine's terms."""
+        return StepNeeds(nll_groups=self.nll_groups, reference_nll_groups=self.reference_nll_groups,
+                         kl_group=self.kl_group, hidden_groups=self.hidden_groups)
 
 
 @dataclass
@@ -166,6 +201,11 @@ class Method:
     def uses_kl(self) -> bool:
         return self.needs.kl
 
+    @property
+    def step_needs(self) -> StepNeeds:
+        """The engine's needs with the method's default regularizer (a run's own: ``resolve_needs(...).step_needs``)."""
+        return _with_regularizer(self, self.default_regularizer).step_needs
+
 
 def regularizer_of(method: Method, config: "MethodConfig") -> str:
     """The regularizer a run uses: the configured one, or the method's default for ``auto``."""
@@ -174,9 +214,12 @@ def regularizer_of(method: Method, config: "MethodConfig") -> str:
 
 def resolve_needs(method: Method, config: "MethodConfig") -> Needs:
     """The method's own needs plus those of its regularizer."""
+    return _with_regularizer(method, regularizer_of(method, config))
+
+
+def _with_regularizer(method: Method, chosen: str) -> Needs:
     if not method.regularizers:
         return method.needs
-    chosen = regularizer_of(method, config)
     return dataclasses.replace(method.needs, kl=chosen == "kl", retain_nll=chosen == "retain_nll")
 
 

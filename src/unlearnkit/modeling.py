@@ -131,21 +131,25 @@ def add_lora(model: torch.nn.Module, config: ModelConfig) -> torch.nn.Module:
 
 
 class Reference:
-    """The original model's logits, without a gradient.
+    """The original model, without a gradient.
 
     With LoRA the reference is the same module with its adapter disabled (no second copy of the
-    weights); for full finetuning it is a frozen deep copy made before the first update.
+    weights); for full finetuning it is a frozen deep copy made before the first update, held in
+    ``dtype`` when given (bf16 halves its memory; it is never trained).
     """
 
-    def __init__(self, policy: torch.nn.Module, lora: bool) -> None:
+    def __init__(self, policy: torch.nn.Module, lora: bool, dtype: torch.dtype | None = None) -> None:
         self.lora = lora
         self.frozen: torch.nn.Module | None = None
         if not lora:
             self.frozen = copy.deepcopy(policy).eval()
             self.frozen.requires_grad_(False)
+            if dtype is not None:
+                self.frozen.to(dtype=dtype)
 
     @contextlib.contextmanager
-    def _mode(self, policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    def mode(self, policy: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The module computing the original model: the frozen copy, or the policy with its adapter off."""
         if self.frozen is not None:
             yield self.frozen
             return
@@ -154,13 +158,14 @@ class Reference:
 
     @torch.no_grad()
     def logits(self, policy: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self._mode(policy) as model:
+        """Full [B, T, V] logits of a padded batch (tests, evaluation; the training step reads chunks)."""
+        with self.mode(policy) as model:
             return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     @torch.no_grad()
     def hidden_state(self, policy: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
         """[N, T, D] output of decoder layer ``layer`` (0-based) of the original model."""
-        with self._mode(policy) as model:
+        with self.mode(policy) as model:
             return model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[layer + 1]
 
 
@@ -198,6 +203,36 @@ def train_only_mlp_out(model: torch.nn.Module, layers: list[int]) -> list[str]:
         raise UserError(f"no trainable MLP output projection in layers {layers} (with LoRA, target the MLP "
                         "down projection in lora_target_modules); or set rmu_params=all")
     return kept
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Turn every dropout of the model off (nn.Dropout modules, attention/residual dropout rates, layerdrop).
+
+    Unlearning compares the policy with the original model token by token: dropout would make the KL
+    non-zero at step 0 and the gradients noisy. The modules stay in train mode so gradient
+    checkpointing still applies; only the rates become 0 (the saved config is untouched).
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("dropout", "attention_dropout", "activation_dropout", "resid_dropout", "embed_dropout", "layerdrop"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
+def hold_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """Store the frozen weight matrices (a LoRA base: linear and embedding weights) in ``dtype``.
+
+    Under bf16 autocast these weights are read in bf16 anyway, so holding them so halves their memory
+    without changing the computation; trainable parameters and 1-D weights (norms, biases) stay float32.
+    Returns whether anything was cast (the merged output is then rebuilt from float32 base weights).
+    """
+    cast = False
+    for param in model.parameters():
+        if not param.requires_grad and param.dim() >= 2 and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            cast = True
+    return cast
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

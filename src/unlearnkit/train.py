@@ -1,8 +1,8 @@
-"""The unlearning loop on accelerate: one forward/backward per step, stop rules, checkpoints, resume.
+"""The unlearning loop on accelerate: set-up, one step, stop rules, checkpoints, resume, saving.
 
-Each step runs ONE policy forward/backward over the concatenated [forget; mismatch; normal] sequences
-(dynamically padded to the step's longest) and, when the method has a KL term, one no-grad reference
-forward over the normal sequences. Checkpoints hold the trainable weights, optimizer, scheduler, RNG
+Each step runs ONE packed policy forward/backward over the step's sequences and, when the method
+reads the original model, one no-grad reference forward over just the groups it needs (the step
+engine: unlearnkit.step). Checkpoints hold the trainable weights, optimizer, scheduler, RNG
 state and stop-rule state; the batch of a step is a pure function of (seed, step), so a run resumed from
 a checkpoint (even after kill -9) ends with the same weights as an uninterrupted one on CPU.
 """
@@ -23,10 +23,9 @@ import torch
 import yaml
 
 from unlearnkit import __version__
-from unlearnkit.config import RunConfig, save_config
+from unlearnkit.config import MethodConfig, RunConfig, save_config
 from unlearnkit.data import (
     QAExample,
-    StepBatch,
     StepBatcher,
     encode_pair,
     format_answer,
@@ -36,8 +35,7 @@ from unlearnkit.data import (
     tokenize_qa,
 )
 from unlearnkit.errors import UserError
-from unlearnkit.losses import answer_nll_sum, forward_kl, next_token_mask
-from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, StepTerms, resolve_needs
+from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, resolve_needs
 from unlearnkit.own_answers import model_fingerprint, own_answers
 from unlearnkit.modeling import (
     Reference,
@@ -45,15 +43,20 @@ from unlearnkit.modeling import (
     decoder_layers,
     train_only_mlp_out,
     check_output_dir,
+    disable_dropout,
+    hold_frozen_in,
     load_model,
     load_tokenizer,
     save_adapter,
     save_merged,
     trainable_state,
 )
+from unlearnkit.step import compute_terms, set_attention  # noqa: F401  (compute_terms: the step, re-exported)
 
 # Fields that may differ between an interrupted run and its resume without changing its result.
-RESUME_MAY_CHANGE = {"time_budget_s", "progress", "save_every", "keep_checkpoints", "overwrite"}
+# (attention, pack_tokens, logit_chunk change how the step is computed, not what: only float rounding.)
+RESUME_MAY_CHANGE = {"time_budget_s", "progress", "save_every", "keep_checkpoints", "overwrite", "attention", "pack_tokens",
+                     "logit_chunk"}
 
 
 @dataclass
@@ -186,14 +189,17 @@ def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: Any, scheduler
     return target
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "trainable.safetensors"))
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
+    from safetensors.torch import load_file
+
+    load_trainable(model, load_file(str(path / "trainable.safetensors")))
     extra = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
@@ -209,78 +215,6 @@ def _truncate_log(log_path: Path, step: int) -> None:
         return
     kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     log_path.write_text("".join(line + "\n" for line in kept))
-
-
-# ------------------------------------------------------------------------------------------- one step
-def compute_terms(
-    model: torch.nn.Module,
-    reference: Reference | None,
-    step_batch: StepBatch,
-    needs: Needs | None = None,
-    hidden_layer: int | None = None,
-) -> StepTerms:
-    """One policy forward over every sequence of the step, plus no-grad reference forwards for what ``needs`` asks.
-
-    ``needs`` None keeps the paper methods' behaviour: KL on the normal group whenever a reference is given.
-    """
-    batch, slices = step_batch.batch, step_batch.slices
-    if needs is None:
-        needs = Needs(mismatch="normal" if "mismatch" in slices else None, kl="normal" in slices and reference is not None)
-    device = next(model.parameters()).device
-    input_ids, attention_mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=needs.hidden_states)
-    logits = outputs.logits
-    terms = StepTerms(forget_nll=torch.zeros(0, device=device))
-    for group in needs.nll_groups:
-        if group in slices:
-            gs = slices[group]
-            terms.nll_sum[group], terms.tokens[group] = answer_nll_sum(logits[gs], labels[gs])
-    terms.forget_nll = terms.mean_nll("forget")
-    if "mismatch" in terms.nll_sum:
-        terms.mismatch_nll = terms.mean_nll("mismatch")
-    if "normal" in slices and needs.kl and reference is not None:
-        ns = slices["normal"]
-        # Trim to the normal rows' own length: the joint batch may be padded longer for other groups.
-        length = int(attention_mask[ns].sum(dim=1).max())
-        ref_logits = reference.logits(model, input_ids[ns, :length], attention_mask[ns, :length])
-        terms.kl = forward_kl(logits[ns, :length], ref_logits, next_token_mask(attention_mask[ns, :length]))
-    if needs.reference_nll_groups:
-        _reference_nll_terms(terms, model, reference, slices, input_ids, attention_mask, labels, needs.reference_nll_groups)
-    if needs.hidden_states:
-        _hidden_terms(terms, model, reference, slices, input_ids, attention_mask, labels, outputs.hidden_states, hidden_layer)
-    return terms
-
-
-# The field's methods' extra quantities (kept apart from the paper's terms above; see methods.Needs).
-def _reference_nll_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference | None, slices: dict[str, slice],
-                         input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                         groups: tuple[str, ...]) -> None:
-    """Summed answer NLL per sequence of ``groups`` under the reference: one no-grad forward over their rows."""
-    assert reference is not None, "reference log-probs need a reference model"
-    groups = tuple(g for g in groups if g in slices)
-    rows = torch.cat([torch.arange(slices[g].start, slices[g].stop, device=input_ids.device) for g in groups])
-    length = int(attention_mask[rows].sum(dim=1).max())  # trimmed to these rows' own length
-    ref_logits = reference.logits(model, input_ids[rows, :length], attention_mask[rows, :length])
-    nll_sum, _ = answer_nll_sum(ref_logits, labels[rows, :length])
-    start = 0
-    for g in groups:
-        count = slices[g].stop - slices[g].start
-        terms.reference_nll_sum[g] = nll_sum[start:start + count]
-        start += count
-
-
-def _hidden_terms(terms: StepTerms, model: torch.nn.Module, reference: Reference | None, slices: dict[str, slice],
-                  input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                  hidden_states: tuple[torch.Tensor, ...], layer: int | None) -> None:
-    """Policy hidden states after decoder layer ``layer`` on forget answer tokens and normal tokens, and the
-    reference's on normal tokens (RMU). hidden_states[0] is the embedding output, so layer l is index l + 1."""
-    assert layer is not None and reference is not None, "hidden-state terms need a layer and a reference model"
-    fs, ns = slices["forget"], slices["normal"]
-    policy_hidden = hidden_states[layer + 1]
-    terms.hidden["forget"], terms.hidden_mask["forget"] = policy_hidden[fs], labels[fs] != -100
-    length = int(attention_mask[ns].sum(dim=1).max())
-    terms.hidden["normal"], terms.hidden_mask["normal"] = policy_hidden[ns, :length], attention_mask[ns, :length].bool()
-    terms.reference_hidden["normal"] = reference.hidden_state(model, input_ids[ns, :length], attention_mask[ns, :length], layer)
 
 
 def _scalar(x: torch.Tensor | None) -> float | None:
@@ -303,17 +237,45 @@ def model_card(config: RunConfig, result_steps: int, stop_reason: str) -> str:
     )
 
 
-# ------------------------------------------------------------------------------------------- the loop
-def train(
-    config: RunConfig,
-    *,
-    resume: bool = False,
-    on_step_end: Callable[[int], None] | None = None,
-) -> TrainResult:
-    """Run unlearning as configured; returns where the outputs are. Raises UserError on bad input."""
+
+
+# ------------------------------------------------------------------------------------------- set-up
+@dataclass
+class Run:
+    """Everything set-up builds and the loop, the stop rules and saving read."""
+
+    config: RunConfig
+    method: Method
+    tokenizer: Any
+    batcher: StepBatcher
+    model: torch.nn.Module
+    reference: Reference | None
+    optimizer: Any
+    scheduler: Any
+    accelerator: Any
+    params: list[torch.nn.Parameter]
+    out: Path
+    state: TrainState
+    log_path: Path
+    base_held_in_bf16: bool = False  # LoRA base weights stored in bf16 (merged output rebuilt in float32)
+    # What each step computes: the method's needs with the run's regularizer (methods.resolve_needs).
+    needs: Needs = field(default_factory=Needs)
+
+    @property
+    def hidden_layer(self) -> int | None:
+        return hidden_layer_of(self.config.method, self.needs)
+
+
+def hidden_layer_of(config: MethodConfig, needs: Needs) -> int | None:
+    """The step engine's hidden-state index (0 = embeddings) for a method reading hidden states (RMU):
+    the output of decoder layer ``rmu_layer`` (0-based) is hidden state rmu_layer + 1. None otherwise."""
+    return config.rmu_layer + 1 if needs.hidden_states else None
+
+
+def set_up(config: RunConfig, resume: bool) -> Run:
+    """Data, model (+ LoRA, dropout off, attention path), reference, optimizer, and the state to start from."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     t = config.train
@@ -330,18 +292,26 @@ def train(
         layers = len(decoder_layers(model)[1])
         if config.method.rmu_layer >= layers:
             raise UserError(f"rmu_layer {config.method.rmu_layer} is past the model's last layer ({layers - 1}); choose a middle layer")
-    reference = None
     if config.model.lora:
         model = add_lora(model, config.model)
     if config.method.name == "rmu" and config.method.rmu_params == "mlp_out":
         layer = config.method.rmu_layer
         train_only_mlp_out(model, list(range(max(0, layer - 2), layer + 1)))
-    out = prepare_output_dir(config, resume)
+    out = prepare_output_dir(config, resume)  # after every check that can fail on bad input
+
+    # Dropout off in the policy and (being the same module or a copy of it) in the reference: the KL
+    # compares them token by token and must be 0 before the first update.
+    disable_dropout(model)
+    set_attention(model, t.attention)
+    reference = None
+    frozen_dtype = torch.bfloat16 if t.precision == "bf16" else None
     if needs.reference:
-        reference = Reference(model, lora=config.model.lora)
+        reference = Reference(model, lora=config.model.lora, dtype=frozen_dtype)
+    base_held_in_bf16 = bool(config.model.lora and frozen_dtype is not None and hold_frozen_in(model, frozen_dtype))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    # Fused AdamW: one kernel over all parameters instead of ~10 elementwise passes (CPU and CUDA).
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
     accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -358,65 +328,107 @@ def train(
         log_path.write_text("")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     save_config(config, out / "config.yaml")
+    return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, params, out, state, log_path,
+               base_held_in_bf16, needs)
 
+
+# ------------------------------------------------------------------------------------------- one step
+def train_step(run: Run) -> dict[str, Any]:
+    """One optimizer step on the batch of step ``run.state.step``; returns its log row."""
+    t = run.config.train
+    started = time.perf_counter()
+    step_batch = run.batcher(run.state.step)
+    with run.accelerator.autocast():
+        terms = compute_terms(run.model, run.reference, step_batch, run.needs.step_needs,
+                              row_tokens=t.pack_tokens, chunk_tokens=t.logit_chunk, hidden_layer=run.hidden_layer)
+        loss = run.method.combine(terms, run.config.method)
+    run.accelerator.backward(loss)
+    if t.max_grad_norm > 0:
+        run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - started
+    run.state.step += 1
+    run.state.train_seconds += elapsed
+    return {
+        "step": run.state.step, "forget_nll": _scalar(terms.forget_nll), "mismatch_nll": _scalar(terms.mismatch_nll),
+        "kl": _scalar(terms.kl), "loss": float(loss.detach()), "lr": lr,
+        **{f"{'retain' if g == 'normal' else g}_nll": _scalar(terms.mean_nll(g)) for g in ("normal", "preferred") if g in terms.nll_sum},
+        **terms.logged,  # the method's own loss parts (npo_loss, dpo_loss, rmu_*_mse, ...)
+        "tokens_per_s": step_batch.num_tokens / elapsed, "step_time_s": elapsed,
+    }
+
+
+# ------------------------------------------------------------------------------------------- stop rules
+def stop_reason(state: TrainState, t: Any) -> str:
+    """Why the run stops before its next step ('' = keep going)."""
+    if state.step >= t.max_steps:
+        return "max_steps"
+    if state.stop_at is not None and state.step >= state.stop_at:
+        return f"forget NLL passed {t.forget_threshold}, then {t.continue_factor}x more steps"
+    if t.time_budget_s is not None and state.train_seconds >= t.time_budget_s:
+        return f"time budget {t.time_budget_s}s"
+    return ""
+
+
+def update_threshold_rule(state: TrainState, t: Any, forget_nll: float) -> None:
+    """The paper's rule: once the forget NLL passes the threshold, run continue_factor x the steps so far."""
+    if t.forget_threshold is not None and state.stop_at is None and forget_nll > t.forget_threshold:
+        state.stop_at = min(t.max_steps, state.step + math.ceil(t.continue_factor * state.step))
+
+
+# ------------------------------------------------------------------------------------------- saving
+def save_outputs(run: Run) -> None:
+    """Final checkpoint, the model (merged and/or adapter) with its card, and run_info.json."""
+    t, state = run.config.train, run.state
+    policy = run.accelerator.unwrap_model(run.model)
+    save_checkpoint(run.out, policy, run.optimizer, run.scheduler, state, t.keep_checkpoints)
+    policy.eval()
+    card = model_card(run.config, state.step, state.stop_reason)
+    if t.save_mode in ("adapter", "both"):
+        save_adapter(policy, run.tokenizer, run.out / "adapter", card)
+    if t.save_mode in ("merged", "both"):
+        if run.base_held_in_bf16:
+            # The base was held in bf16 for training only: merge the adapter into the float32 original.
+            policy = add_lora(load_model(run.config.model), run.config.model)
+            load_trainable(policy, trainable_state(run.accelerator.unwrap_model(run.model)))
+        save_merged(policy, run.tokenizer, run.out / "model", card)
+    info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
+            "train_seconds": state.train_seconds, "torch_version": torch.__version__}
+    (run.out / "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    on_step_end: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Run unlearning as configured; returns where the outputs are. Raises UserError on bad input."""
+    from tqdm.auto import tqdm
+
+    run = set_up(config, resume)
+    t, state = config.train, run.state
     bar = tqdm(total=t.max_steps, initial=state.step, desc="unlearning", disable=not t.progress, dynamic_ncols=True)
     last: dict[str, Any] = {}
-    with log_path.open("a") as log:
-        while not state.stop_reason:
-            if state.step >= t.max_steps:
-                state.stop_reason = "max_steps"
+    with run.log_path.open("a") as log:
+        while True:
+            state.stop_reason = stop_reason(state, t)
+            if state.stop_reason:
                 break
-            if state.stop_at is not None and state.step >= state.stop_at:
-                state.stop_reason = f"forget NLL passed {t.forget_threshold}, then {t.continue_factor}x more steps"
-                break
-            if t.time_budget_s is not None and state.train_seconds >= t.time_budget_s:
-                state.stop_reason = f"time budget {t.time_budget_s}s"
-                break
-            started = time.perf_counter()
-            step_batch = batcher(state.step)
-            with accelerator.autocast():
-                terms = compute_terms(model, reference, step_batch, needs, config.method.rmu_layer)
-                loss = method.combine(terms, config.method)
-            accelerator.backward(loss)
-            if t.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, t.max_grad_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            elapsed = time.perf_counter() - started
-            state.step += 1
-            state.train_seconds += elapsed
-            forget_nll = _scalar(terms.forget_nll)
-            if t.forget_threshold is not None and state.stop_at is None and forget_nll > t.forget_threshold:
-                state.stop_at = min(t.max_steps, state.step + math.ceil(t.continue_factor * state.step))
-            last = {
-                "step": state.step, "forget_nll": forget_nll, "mismatch_nll": _scalar(terms.mismatch_nll),
-                "kl": _scalar(terms.kl), "loss": float(loss.detach()), "lr": lr,
-                **{f"{'retain' if g == 'normal' else g}_nll": _scalar(terms.mean_nll(g)) for g in ("normal", "preferred")
-                   if g in terms.nll_sum},
-                **terms.logged,
-                "tokens_per_s": step_batch.num_tokens / elapsed, "step_time_s": elapsed,
-            }
+            last = train_step(run)
+            update_threshold_rule(state, t, last["forget_nll"])
             log.write(json.dumps(last) + "\n")
             log.flush()
             bar.update(1)
-            bar.set_postfix(forget_nll=f"{forget_nll:.3f}", kl=f"{last['kl'] or 0:.4f}")
+            bar.set_postfix(forget_nll=f"{last['forget_nll']:.3f}", kl=f"{last['kl'] or 0:.4f}")
             if t.save_every and state.step % t.save_every == 0:
-                save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, t.keep_checkpoints)
+                save_checkpoint(run.out, run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, state, t.keep_checkpoints)
             if on_step_end is not None:
                 on_step_end(state.step)
     bar.close()
-
-    policy = accelerator.unwrap_model(model)
-    save_checkpoint(out, policy, optimizer, scheduler, state, t.keep_checkpoints)
-    policy.eval()
-    card = model_card(config, state.step, state.stop_reason)
-    if t.save_mode in ("adapter", "both"):
-        save_adapter(policy, tokenizer, out / "adapter", card)
-    if t.save_mode in ("merged", "both"):
-        save_merged(policy, tokenizer, out / "model", card)
-    info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
-            "train_seconds": state.train_seconds, "torch_version": torch.__version__}
-    (out / "run_info.json").write_text(json.dumps(info, indent=2))
-    return TrainResult(out, state.step, state.stop_reason, state.train_seconds, last)
+    save_outputs(run)
+    return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last)
