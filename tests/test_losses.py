@@ -304,3 +304,103 @@ def test_every_registered_method_is_well_formed() -> None:
         assert method.mismatch_source in (None, "normal", "template"), name
         assert isinstance(method.uses_kl, bool), name
         assert method.summary.strip(), name
+
+
+# ------------------------------------------------------------------------------------------ the field's losses
+from unlearnkit.losses import (  # noqa: E402  (kept with the tests that use them)
+    answer_logprob,
+    dpo_loss,
+    masked_mse,
+    npo_loss,
+    npo_weight,
+    rmu_direction,
+    rmu_losses,
+    simnpo_loss,
+)
+
+
+def log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def test_answer_logprob_is_minus_summed_nll() -> None:
+    # V=2, zero logits: each valid token has log p = -ln 2; two valid tokens -> -2 ln 2; none valid -> 0.
+    logits = torch.zeros(2, 4, 2)
+    labels = torch.tensor([[X, 0, 1, X], [X, X, X, X]])
+    assert answer_logprob(logits, labels).tolist() == pytest.approx([-2 * LN2, 0.0], abs=1e-6)
+
+
+def test_npo_loss_hand_value_and_adaptive_weight() -> None:
+    # beta=0.5, log ratios d = [0, -2]:  L = -(2/0.5) * mean(log s(0), log s(1)) = 2 (ln 2 + ln(1 + e^-1)).
+    policy = torch.tensor([-2.0, -4.0], requires_grad=True)
+    reference = torch.tensor([-2.0, -2.0])
+    loss = npo_loss(policy, reference, beta=0.5)
+    assert loss.item() == pytest.approx(-4.0 * (log_sigmoid(0.0) + log_sigmoid(1.0)) / 2, abs=1e-6)
+    assert loss.item() == pytest.approx(2 * (LN2 + math.log1p(math.exp(-1.0))), abs=1e-6)
+    loss.backward()
+    # dL/dlogp_i = W_i / B with W_i = 2 sigmoid(beta d_i) = [1, 2 s(-1)].
+    weight = npo_weight(policy.detach(), reference, 0.5)
+    assert weight.tolist() == pytest.approx([1.0, 2 / (1 + math.e)], abs=1e-6)
+    assert policy.grad.tolist() == pytest.approx((weight / 2).tolist(), abs=1e-6)
+
+
+def test_npo_limits_of_the_paper() -> None:
+    policy, reference = torch.tensor([-1.0, -7.0, -12.0]), torch.tensor([-3.0, -2.0, -2.0])
+    # beta -> 0: W -> 1 (plain gradient ascent on log pi) and L - 2 ln2 / beta -> mean log ratio.
+    assert npo_weight(policy, reference, 1e-6).tolist() == pytest.approx([1.0] * 3, abs=1e-4)
+    assert npo_loss(policy, reference, 1e-4).item() - 2 * LN2 / 1e-4 == pytest.approx((2 - 5 - 10) / 3, abs=1e-2)
+    # Forgotten (log pi << log pi_ref): the weight and so the gradient vanish; far above the reference W -> 2.
+    assert npo_weight(torch.tensor([-500.0]), torch.tensor([0.0]), 0.1).item() < 1e-20
+    assert npo_weight(torch.tensor([500.0]), torch.tensor([0.0]), 0.1).item() == pytest.approx(2.0)
+    # The reference is a constant; an empty batch gives 0.
+    reference = reference.clone().requires_grad_(True)
+    npo_loss(policy.clone().requires_grad_(True), reference, 0.1).backward()
+    assert reference.grad is None
+    assert npo_loss(torch.zeros(0), torch.zeros(0), 0.1).item() == 0.0
+
+
+def test_simnpo_loss_hand_value_and_ga_limit() -> None:
+    # beta=2, gamma=0.5, mean NLL [1, 2]: L = -(2/2) mean(log s(2*1-0.5), log s(2*2-0.5)).
+    nll = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = simnpo_loss(nll, beta=2.0, gamma=0.5)
+    assert loss.item() == pytest.approx(-(log_sigmoid(1.5) + log_sigmoid(3.5)) / 2, abs=1e-6)
+    loss.backward()
+    # dL/dnll_i = -(2/beta) * beta * s(-(beta nll_i - gamma)) / B = -s(-(2 nll_i - 0.5)).
+    expected = [-1 / (1 + math.exp(1.5)), -1 / (1 + math.exp(3.5))]
+    assert nll.grad.tolist() == pytest.approx(expected, abs=1e-6)
+    # beta -> 0, gamma 0: gradient -> -1/B per sequence, i.e. gradient ascent on the length-normalised NLL.
+    nll = torch.tensor([1.0, 5.0], requires_grad=True)
+    simnpo_loss(nll, beta=1e-5, gamma=0.0).backward()
+    assert nll.grad.tolist() == pytest.approx([-0.5, -0.5], abs=1e-4)
+
+
+def test_dpo_loss_hand_value_and_gradient_signs() -> None:
+    # beta=0.5: ((-1) - (-2)) - ((-3) - (-2)) = 2 -> L = -log s(1) = ln(1 + e^-1).
+    preferred, dispreferred = torch.tensor([-1.0], requires_grad=True), torch.tensor([-3.0], requires_grad=True)
+    loss = dpo_loss(preferred, dispreferred, torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-1.0)), abs=1e-6)
+    loss.backward()
+    # Descent raises the preferred answer's log-prob and lowers the dispreferred one's.
+    assert preferred.grad.item() < 0 < dispreferred.grad.item()
+    assert preferred.grad.item() == pytest.approx(-0.5 * (1 - 1 / (1 + math.exp(-1.0))), abs=1e-6)
+
+
+def test_masked_mse_counts_only_valid_positions() -> None:
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[9.0, 9.0], [0.0, 2.0]]])
+    mask = torch.tensor([[True, False], [False, True]])
+    # valid: (1,2) -> mean(1, 4) = 2.5 and (0,2) -> mean(0, 4) = 2; mean = 2.25 (target 0).
+    assert masked_mse(hidden, torch.zeros(2), mask).item() == pytest.approx(2.25)
+    assert masked_mse(hidden, torch.zeros(2), torch.zeros(2, 2, dtype=torch.bool)).item() == 0.0
+
+
+def test_rmu_direction_and_losses() -> None:
+    u = rmu_direction(16, seed=3)
+    assert u.shape == (16,) and u.norm().item() == pytest.approx(1.0) and bool((u >= 0).all())
+    assert torch.equal(u, rmu_direction(16, seed=3)) and not torch.equal(u, rmu_direction(16, seed=4))
+    # D=2, u = (1, 0) by hand: forget token (2, 1), c=2 -> ((0)^2 + 1^2)/2 = 0.5; retain: ((1)^2 + (3)^2)/2 = 5.
+    forget_loss, retain_loss = rmu_losses(
+        torch.tensor([[[2.0, 1.0]]]), torch.tensor([[True]]),
+        torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[0.0, 0.0]]]), torch.tensor([[True]]),
+        torch.tensor([1.0, 0.0]), coeff=2.0,
+    )
+    assert forget_loss.item() == pytest.approx(0.5) and retain_loss.item() == pytest.approx(5.0)

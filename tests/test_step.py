@@ -272,3 +272,125 @@ def test_hidden_states_at_a_layer_match_the_oracle(arch, llama_tokenizer):
     floor = 1e-3 * max(float(g.abs().max()) for g in expected_grads.values())
     for name, want in expected_grads.items():
         assert float((got_grads[name] - want).abs().max() / want.abs().max().clamp(min=floor)) < 1e-4, name
+
+
+# ------------------------------------------------------------------------------------------- the field's methods
+def make_method_step(tokenizer, template: str, method: str, config: MethodConfig, step: int = 0):
+    """A step built as train.prepare_data builds it for ``method``: its (regularizer-resolved) needs decide the
+    groups; the preferred group holds a drawn refusal (idk_*) or the forget example's own alternative (dpo)."""
+    from unlearnkit.methods import REFUSALS, resolve_needs
+
+    needs = resolve_needs(METHODS[method], config)
+    forget = [QAExample(ex.question, ex.answer, preferred=f"I won't explain lock {i}.") for i, ex in enumerate(FORGET)]
+    prompt = format_prompt(tokenizer, forget[0].question, template)
+    refusals = [encode_pair(tokenizer, prompt, format_answer(r, template, prompt))[1] for r in REFUSALS]
+    batcher = StepBatcher(tokenize_qa(tokenizer, forget, template), tokenize_qa(tokenizer, NORMAL, template), batch_size=3,
+                          num_mismatch=1, max_length=128, pad_id=pad_id_of(tokenizer), seed=3, mismatch_source=needs.mismatch,
+                          use_normal=needs.kl or needs.retain_nll or needs.hidden_states, bos_id=tokenizer.bos_token_id,
+                          preferred_source=needs.preferred, refusal_ids=refusals)
+    return batcher(step), needs
+
+
+def method_oracle_terms(model, reference, step, needs, hidden_layer) -> StepTerms:
+    """The field's terms group by group, right-padded, through the model's own forward (no packing)."""
+    from unlearnkit.losses import answer_nll_sum
+
+    def group(name):
+        rows = step.slices[name]
+        return type(step)(step.sequences[rows], {name: slice(0, rows.stop - rows.start)}, step.pad_id).batch
+
+    terms = StepTerms(forget_nll=torch.zeros(0))
+    for name in needs.nll_groups:
+        b = group(name)
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=hidden_layer is not None)
+        terms.nll_sum[name], terms.tokens[name] = answer_nll_sum(out.logits, b["labels"])
+    terms.forget_nll = terms.mean_nll("forget")
+    for name in needs.reference_nll_groups:
+        b = group(name)
+        terms.reference_nll_sum[name] = answer_nll_sum(reference.logits(model, b["input_ids"], b["attention_mask"]), b["labels"])[0]
+    if needs.kl_group is not None:
+        b = group(needs.kl_group)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        terms.kl = forward_kl(logits, reference.logits(model, b["input_ids"], b["attention_mask"]), next_token_mask(b["attention_mask"]))
+    for name in needs.hidden_groups:
+        b = group(name)
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+        mask = (b["labels"] != -100) if name != "normal" else b["attention_mask"].bool()
+        terms.hidden[name], terms.hidden_mask[name] = out.hidden_states[hidden_layer] * mask[..., None], mask
+        if name == "normal":
+            with torch.no_grad(), reference.mode(model) as original:
+                ref = original(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+            terms.reference_hidden[name] = ref.hidden_states[hidden_layer] * mask[..., None]
+    return terms
+
+
+FIELD_CASES = [
+    # method, regularizer, lora, template
+    ("grad_diff", "auto", False, "paper"),
+    ("npo", "auto", False, "paper"),      # reference NLL of the forget answers + retain NLL
+    ("npo", "kl", True, "chat"),          # reference NLL and KL from the adapter-free model
+    ("simnpo", "auto", False, "chat"),
+    ("idk_nll", "auto", False, "paper"),  # preferred group: drawn refusals sharing the forget prompts
+    ("idk_dpo", "auto", True, "chat"),    # reference NLL of forget and preferred answers
+    ("dpo", "auto", False, "paper"),      # preferred group from the forget set's own column
+    ("rmu", "auto", False, "paper"),      # hidden states at rmu_layer: forget answers, normal tokens, reference on normal
+    ("rmu", "auto", False, "chat"),
+]
+
+
+@pytest.mark.parametrize("method,regularizer,lora,template", FIELD_CASES)
+def test_field_methods_packed_step_matches_oracle(method, regularizer, lora, template, llama_tokenizer, chatml_tokenizer):
+    """Every field method through the packed step (its own needs converted to StepNeeds, train's hidden-layer
+    index) gives the oracle's terms, loss, logged loss parts and gradients; the policy is perturbed so that
+    reference NLLs, KL and reference hidden states differ from the policy's."""
+    from unlearnkit.train import hidden_layer_of
+
+    tokenizer = chatml_tokenizer if template == "chat" else llama_tokenizer
+    config = MethodConfig(name=method, regularizer=regularizer, rmu_layer=0, rmu_coeff=2.0, rmu_alpha=10.0, simnpo_beta=0.5,
+                          npo_beta=0.5, dpo_beta=0.5, w_retain=0.7, w_normal=1.3)
+    model = tiny_model("llama", len(tokenizer))
+    if lora:
+        model = add_lora(model, ModelConfig(lora=True))
+    disable_dropout(model)
+    set_attention(model, "sdpa")
+    step, needs = make_method_step(tokenizer, template, method, config)
+    reference = Reference(model, lora=lora) if needs.reference else None
+    perturb(model, lora)
+    layer = hidden_layer_of(config, needs)
+    assert (layer == 1) is (method == "rmu")  # the output of decoder layer rmu_layer=0 (hidden_states[0] = embeddings)
+    combine = METHODS[method].combine
+
+    expected = method_oracle_terms(model, reference, step, needs.step_needs, layer)
+    expected_loss = combine(expected, config)
+    expected_loss.backward()
+    expected_grads = grads(model)
+    terms = compute_terms(model, reference, step, needs.step_needs, row_tokens=64, hidden_layer=layer)
+    loss = combine(terms, config)
+    loss.backward()
+    got_grads = grads(model)
+
+    torch.testing.assert_close(terms.forget_nll, expected.forget_nll, atol=1e-5, rtol=1e-5)
+    for field_name in ("nll_sum", "tokens", "reference_nll_sum", "hidden", "hidden_mask", "reference_hidden"):
+        got, want = getattr(terms, field_name), getattr(expected, field_name)
+        assert got.keys() == want.keys(), field_name
+        for g in want:
+            if field_name == "hidden_mask":
+                assert torch.equal(got[g], want[g]), g
+            else:
+                torch.testing.assert_close(got[g].detach(), want[g].detach(), atol=1e-5, rtol=1e-5, check_dtype=False)
+    assert (terms.kl is None) == (expected.kl is None)
+    if expected.kl is not None:
+        assert float(expected.kl.detach()) > 1e-6
+        torch.testing.assert_close(terms.kl, expected.kl, atol=1e-5, rtol=1e-5)
+    if needs.reference_logprobs:  # the policy really differs from the original model here
+        assert not torch.allclose(expected.reference_nll_sum["forget"], expected.nll_sum["forget"].detach(), atol=1e-3)
+    torch.testing.assert_close(loss, expected_loss, atol=1e-5, rtol=1e-5)
+    assert terms.logged.keys() == expected.logged.keys()
+    for key in expected.logged:
+        assert terms.logged[key] == pytest.approx(expected.logged[key], abs=1e-5, rel=1e-5)
+    if method == "rmu":
+        assert expected.logged["rmu_retain_mse"] > 1e-8  # perturbed policy vs reference: the retain term is live
+    assert got_grads.keys() == expected_grads.keys() and got_grads
+    floor = 1e-3 * max(float(g.abs().max()) for g in expected_grads.values())
+    for name, want in expected_grads.items():
+        assert float((got_grads[name] - want).abs().max() / want.abs().max().clamp(min=floor)) < 1e-4, name

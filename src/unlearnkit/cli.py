@@ -175,7 +175,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from unlearnkit.methods import METHODS
 
     for name, method in METHODS.items():
-        print(f"{name:<16} {method.summary}")
+        print(f"{name:<15} {method.summary} [{method.paper}]")
     return 0
 
 

@@ -53,6 +53,8 @@ class DataConfig:
     forget_answer_column: str = _f("answer", "column of the forget set holding the answer to forget")
     normal_question_column: str = _f("question", "column of the normal set holding the prompt")
     normal_answer_column: str = _f("answer", "column of the normal set holding the answer")
+    forget_preferred_column: str = _f("", "column of the forget set holding a preferred alternative answer (method dpo), "
+                                      "e.g. right_answer of halueval_train or a safer response of PKU-SafeRLHF")
     forget_where: str = _f("", "keep forget rows matching column=value[,column=value] (e.g. is_response_0_safe=false)")
     normal_where: str = _f("", "keep normal rows matching column=value[,column=value]")
     max_forget: int = _f(0, "use at most this many forget examples (0 = all)")
@@ -71,6 +73,21 @@ class MethodConfig:
     w_normal: float = _f(1.0, "weight of the KL term on normal data (paper epsilon_3)")
     num_mismatch: int = _f(5, "K: mismatch answers drawn per forget example")
     template_reply: str = _f("I can't help with that.", "fixed reply used as the mismatch target by the templated method")
+    # The field's methods (see `unlearnkit methods`); defaults are the authors'.
+    regularizer: str = _f("auto", "term that keeps normal behaviour in the field's methods: auto = the method's own default, "
+                          "none, kl (KL(original||current) on normal data, weight w_normal), retain_nll (NLL of normal "
+                          "answers, weight w_retain); the paper's methods fix theirs", choices=("auto", "none", "kl", "retain_nll"))
+    w_retain: float = _f(1.0, "weight of the retain-NLL regularizer (NLL of the normal answers)")
+    npo_beta: float = _f(0.1, "NPO inverse temperature beta (Zhang et al. 2024)")
+    simnpo_beta: float = _f(2.5, "SimNPO inverse temperature beta (Fan et al. 2024)")
+    simnpo_gamma: float = _f(0.0, "SimNPO reward margin gamma (Fan et al. 2024)")
+    dpo_beta: float = _f(0.1, "DPO inverse temperature beta for dpo and idk_dpo")
+    rmu_layer: int = _f(7, "RMU: decoder layer (0-based) whose output hidden states are steered (Li et al. 2024: 7)")
+    rmu_coeff: float = _f(6.5, "RMU: scale c of the random target vector (Li et al. 2024, Zephyr-7B: 6.5)")
+    rmu_alpha: float = _f(1200.0, "RMU: weight alpha of the retain activation MSE (Li et al. 2024, Zephyr-7B: 1200)")
+    rmu_params: str = _f("mlp_out", "RMU: what trains: mlp_out = the MLP output projections of layers rmu_layer-2..rmu_layer "
+                         "(the authors' choice), all = every trainable weight", choices=("mlp_out", "all"))
+    rmu_seed: int = _f(0, "RMU: seed of the fixed random direction u")
 
 
 @dataclass
@@ -294,6 +311,22 @@ def validate(config: RunConfig) -> None:
             raise UserError(f"bad config: {message}")
     if m.name not in METHODS:
         raise UserError(f"unknown method '{m.name}'; choose one of: {', '.join(METHODS)}")
+    method_checks = [
+        (all(math.isfinite(w) and w >= 0 for w in (m.w_retain, m.rmu_alpha)), "w_retain and rmu_alpha must be finite and >= 0"),
+        (all(math.isfinite(b) and b > 0 for b in (m.npo_beta, m.simnpo_beta, m.dpo_beta)), "npo_beta, simnpo_beta and dpo_beta must be > 0"),
+        (math.isfinite(m.simnpo_gamma) and m.simnpo_gamma >= 0, "simnpo_gamma must be finite and >= 0"),
+        (m.rmu_layer >= 0, "rmu_layer must be >= 0 (a decoder layer index)"),
+        (math.isfinite(m.rmu_coeff) and m.rmu_coeff > 0, "rmu_coeff must be finite and > 0"),
+    ]
+    for ok, message in method_checks:
+        if not ok:
+            raise UserError(f"bad config: {message}")
+    method = METHODS[m.name]
+    if m.regularizer != "auto" and m.regularizer not in method.regularizers:
+        allowed = ", ".join(method.regularizers) if method.regularizers else "only auto (its objective is fixed)"
+        raise UserError(f"method {m.name} takes regularizer {allowed}; got {m.regularizer!r}")
+    if method.needs.preferred == "column" and not d.forget_preferred_column:
+        raise UserError(f"method {m.name} needs forget_preferred_column: the forget-set column holding the preferred answer")
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -29,6 +29,7 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 class QAExample:
     question: str
     answer: str
+    preferred: str | None = None  # an alternative answer preferred over ``answer`` (method dpo)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -118,6 +119,7 @@ def load_qa(
     limit: int = 0,
     where: str = "",
     need_answers: bool = True,
+    preferred_column: str = "",
 ) -> list[QAExample]:
     """Question/answer pairs from ``source``; every row must have a non-empty answer unless ``need_answers`` is off.
 
@@ -126,24 +128,26 @@ def load_qa(
     ``where`` keeps only rows matching ``column=value[,column=value]`` (text comparison, case-insensitive),
     e.g. ``is_response_0_safe=false`` to take PKU-SafeRLHF's unsafe responses.
     With ``need_answers=False`` (the answers will be generated, ``normal_answers=self``) prompt-only rows are
-    kept with an empty answer. Raises UserError naming the file and row for a missing column or an empty answer.
+    kept with an empty answer. ``preferred_column`` also reads a preferred alternative answer per row (method
+    dpo; must be non-empty). Raises UserError naming the file and row for a missing column or an empty answer.
     """
     parts = [part.strip() for part in source.split("+")] if "+" in source and not Path(source).exists() else [source]
     if any(not part for part in parts):
         raise UserError(f"data source '{source}' has an empty part; join sources as name+name")
-    loaded = [_load_qa_part(part, split, question_column, answer_column, where, need_answers) for part in parts]
+    loaded = [_load_qa_part(part, split, question_column, answer_column, where, need_answers, preferred_column) for part in parts]
     examples = [example for group in zip_longest(*loaded) for example in group if example is not None]
     return examples[:limit] if limit else examples
 
 
 def _load_qa_part(source: str, split: str, question_column: str, answer_column: str, where: str,
-                  need_answers: bool) -> list[QAExample]:
+                  need_answers: bool, preferred_column: str = "") -> list[QAExample]:
     rows = filter_rows(load_rows(source, split), where, source)
     if not rows:
         raise UserError(f"dataset {source} has no rows" + (f" matching {where}" if where else ""))
     examples = []
     for number, row in enumerate(rows, start=1):
-        for column in (question_column, answer_column) if need_answers else (question_column,):
+        required = (question_column, answer_column) if need_answers else (question_column,)
+        for column in (*required, *([preferred_column] if preferred_column else [])):
             if column not in row:
                 raise UserError(
                     f"{source}: row {number} has no column '{column}' (columns: {', '.join(map(str, row))}); "
@@ -152,7 +156,12 @@ def _load_qa_part(source: str, split: str, question_column: str, answer_column: 
         question, answer = str(row[question_column] or "").strip(), str(row.get(answer_column) or "").strip()
         if need_answers and not answer:
             raise UserError(f"{source}: row {number} has an empty answer in column '{answer_column}'; remove or fill it")
-        examples.append(QAExample(question, answer))
+        preferred = None
+        if preferred_column:
+            preferred = str(row[preferred_column] or "").strip()
+            if not preferred:
+                raise UserError(f"{source}: row {number} has an empty preferred answer in column '{preferred_column}'; remove or fill it")
+        examples.append(QAExample(question, answer, preferred))
     return examples
 
 
@@ -288,13 +297,18 @@ def collate(sequences: Sequence[tuple[list[int], list[int]]], pad_id: int) -> di
 class TokenizedQA:
     prompt_ids: list[int]
     answer_ids: list[int]
+    preferred_ids: list[int] | None = None
 
 
 def tokenize_qa(tokenizer: Any, examples: Sequence[QAExample], template: str) -> list[TokenizedQA]:
     out = []
     for example in examples:
         prompt = format_prompt(tokenizer, example.question, template)
-        out.append(TokenizedQA(*encode_pair(tokenizer, prompt, format_answer(example.answer, template, prompt))))
+        prompt_ids, answer_ids = encode_pair(tokenizer, prompt, format_answer(example.answer, template, prompt))
+        preferred_ids = None
+        if example.preferred is not None:
+            preferred_ids = encode_pair(tokenizer, prompt, format_answer(example.preferred, template, prompt))[1]
+        out.append(TokenizedQA(prompt_ids, answer_ids, preferred_ids))
     return out
 
 
@@ -324,12 +338,17 @@ def sample_mismatch(num_forget: int, num_answers: int, k: int, seed: int, step: 
     return np.stack([rng.choice(num_answers, size=k, replace=replace) for _ in range(num_forget)])
 
 
+def sample_refusals(num_forget: int, num_refusals: int, seed: int, step: int) -> np.ndarray:
+    """[num_forget] indices into a refusal list, one per forget example, a pure function of (seed, step)."""
+    return np.random.default_rng([seed, 11, step]).integers(num_refusals, size=num_forget)
+
+
 FORGET_STREAM, NORMAL_STREAM = 1, 2
 
 
 @dataclass
 class StepBatch:
-    """One step's sequences, [forget; mismatch; normal] in that order.
+    """One step's sequences, [forget; mismatch; preferred; normal] in that order.
 
     ``sequences`` holds each (input_ids, labels) pair unpadded; ``slices`` says which of them belong
     to which group. The training step packs them (unlearnkit.batching); ``batch`` is the plain
@@ -354,6 +373,8 @@ class StepBatcher:
 
     mismatch_source: "normal" draws K normal answers per forget prompt (paper); "template" uses one
     fixed reply for each forget prompt (templated unlearning); None leaves the group out.
+    preferred_source: "refusal" pairs each forget prompt with one of ``refusal_ids`` (drawn from (seed, step));
+    "column" with the forget example's own ``preferred_ids``; None leaves the "preferred" group out.
     """
 
     def __init__(
@@ -370,6 +391,8 @@ class StepBatcher:
         template_reply_ids: list[int] | None = None,
         use_normal: bool = True,
         bos_id: int | None = None,
+        preferred_source: str | None = None,
+        refusal_ids: Sequence[list[int]] = (),
     ) -> None:
         if not forget:
             raise UserError("the forget set is empty; give at least one question/answer pair")
@@ -379,10 +402,15 @@ class StepBatcher:
         self.batch_size, self.k, self.max_length = batch_size, num_mismatch, max_length
         self.pad_id, self.seed, self.bos_id = pad_id, seed, bos_id
         self.mismatch_source, self.template_reply_ids, self.use_normal = mismatch_source, template_reply_ids, use_normal
+        if preferred_source == "refusal" and not refusal_ids:
+            raise UserError("no refusal answers to train towards; give at least one")
+        if preferred_source == "column" and any(ex.preferred_ids is None for ex in self.forget):
+            raise UserError("every forget example needs a preferred answer (set forget_preferred_column)")
+        self.preferred_source, self.refusal_ids = preferred_source, [list(r) for r in refusal_ids]
 
     def __call__(self, step: int) -> StepBatch:
         forget_idx = indices_for_step(len(self.forget), self.batch_size, step, self.seed, FORGET_STREAM)
-        groups: dict[str, list[tuple[list[int], list[int]]]] = {"forget": [], "mismatch": [], "normal": []}
+        groups: dict[str, list[tuple[list[int], list[int]]]] = {"forget": [], "mismatch": [], "preferred": [], "normal": []}
         for i in forget_idx:
             ex = self.forget[i]
             groups["forget"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length, self.bos_id))
@@ -397,6 +425,8 @@ class StepBatcher:
             assert self.template_reply_ids is not None
             for i in forget_idx:
                 groups["mismatch"].append(join_prompt_answer(self.forget[i].prompt_ids, self.template_reply_ids, self.max_length, self.bos_id))
+        if self.preferred_source is not None:
+            groups["preferred"] = self.preferred_group(forget_idx, step)
         if self.use_normal:
             for i in indices_for_step(len(self.normal), self.batch_size, step, self.seed, NORMAL_STREAM):
                 ex = self.normal[i]
@@ -408,3 +438,13 @@ class StepBatcher:
                 sequences.extend(rows)
                 start += len(rows)
         return StepBatch(sequences, slices, self.pad_id)
+
+    def preferred_group(self, forget_idx: list[int], step: int) -> list[tuple[list[int], list[int]]]:
+        """Each forget prompt with its preferred answer (a drawn refusal, or the example's own alternative)."""
+        if self.preferred_source == "refusal":
+            draws = sample_refusals(len(forget_idx), len(self.refusal_ids), self.seed, step)
+            answers = [self.refusal_ids[j] for j in draws]
+        else:
+            answers = [self.forget[i].preferred_ids for i in forget_idx]  # type: ignore[misc]
+        return [join_prompt_answer(self.forget[i].prompt_ids, answer, self.max_length, self.bos_id)
+                for i, answer in zip(forget_idx, answers)]

@@ -96,6 +96,133 @@ def forward_kl(policy_logits: torch.Tensor, reference_logits: torch.Tensor, mask
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+# ------------------------------------------------------------------------------------------- the field's methods
+# Per-sequence quantities below are plain tensors ([B] summed or mean answer log-probs, [N, T, D] hidden
+# states), so these functions do not care how a step computed them (padded batch, packed sequences).
+
+
+def answer_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of each sequence's answer tokens: log pi(y|x) = -sum_t NLL_t. [B] float32."""
+    nll, _ = token_nll(logits, labels)
+    return -nll.sum(dim=1)
+
+
+def _mean_or_zero(values: torch.Tensor) -> torch.Tensor:
+    return values.mean() if values.numel() else values.new_zeros(())
+
+
+def npo_loss(policy_logp: torch.Tensor, reference_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization (Zhang, Lin, Bai, Mei 2024, arXiv 2404.05868, eq. 3).
+
+        L_NPO = -(2/beta) * mean_i log sigmoid(-beta * (log pi(y_i|x_i) - log pi_ref(y_i|x_i)))
+
+    Args:
+        policy_logp: [B] summed answer log-probs under the model being unlearned (gradients flow).
+        reference_logp: [B] the same under the original model (a constant).
+        beta: inverse temperature > 0.
+    Returns:
+        scalar float32; 0 for an empty batch. Its gradient is mean_i W_i * grad log pi(y_i|x_i) with the
+        adaptive weight W_i = ``npo_weight`` in (0, 2): W -> 1 (gradient ascent on the summed log-prob) as
+        beta -> 0, and W -> 0 once the policy's log-prob falls far below the reference's.
+    """
+    log_ratio = policy_logp.float() - reference_logp.detach().float()
+    return _mean_or_zero(-(2.0 / beta) * F.logsigmoid(-beta * log_ratio))
+
+
+def npo_weight(policy_logp: torch.Tensor, reference_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO's adaptive gradient weight W_i = 2 pi^beta / (pi^beta + pi_ref^beta) = 2 sigmoid(beta * log ratio). [B]"""
+    return 2.0 * torch.sigmoid(beta * (policy_logp.float() - reference_logp.float()))
+
+
+def simnpo_loss(mean_nll: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+    """SimNPO (Fan, Liu, Lin, Jia, Zhang, Mei, Liu 2024, "Simplicity Prevails", arXiv 2410.07163, eq. 4).
+
+        L_SimNPO = -(2/beta) * mean_i log sigmoid(-(beta/|y_i|) log pi(y_i|x_i) - gamma)
+                 = -(2/beta) * mean_i log sigmoid(beta * meanNLL_i - gamma)
+
+    No reference model: the length-normalised log-prob replaces NPO's log ratio; gamma >= 0 is a margin.
+
+    Args:
+        mean_nll: [B] mean answer-token NLL per sequence (``answer_nll``), gradients flow.
+    Returns:
+        scalar float32; 0 for an empty batch.
+    """
+    return _mean_or_zero(-(2.0 / beta) * F.logsigmoid(beta * mean_nll.float() - gamma))
+
+
+def dpo_loss(
+    policy_preferred_logp: torch.Tensor,
+    policy_dispreferred_logp: torch.Tensor,
+    reference_preferred_logp: torch.Tensor,
+    reference_dispreferred_logp: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Direct Preference Optimization (Rafailov et al. 2023, arXiv 2305.18290, eq. 7), as used for unlearning
+    with a refusal (TOFU's IdkDPO, Maini et al. 2024) or another alternative as the preferred answer.
+
+        L_DPO = -mean_i log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
+
+    All arguments are [B] summed answer log-probs (reference ones are constants). Scalar float32; 0 if empty.
+    """
+    preferred = policy_preferred_logp.float() - reference_preferred_logp.detach().float()
+    dispreferred = policy_dispreferred_logp.float() - reference_dispreferred_logp.detach().float()
+    return _mean_or_zero(-F.logsigmoid(beta * (preferred - dispreferred)))
+
+
+def masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid positions of the mean squared error over the hidden dimension.
+
+        MSE = sum_{n,t} mask_{n,t} * mean_d (h_{n,t,d} - target_{n,t,d})^2 / max(1, sum mask)
+
+    Args:
+        hidden: [N, T, D] (gradients flow).
+        target: [N, T, D] or broadcastable (e.g. [D]); a constant.
+        mask: [N, T] bool, positions that count.
+    Returns:
+        scalar float32; 0 when no position is valid.
+    """
+    per_position = (hidden.float() - target.detach().float()).pow(2).mean(dim=-1)
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+
+
+def rmu_direction(hidden_size: int, seed: int) -> torch.Tensor:
+    """RMU's fixed random unit vector u [D] (float32): uniform [0, 1) entries, normalised, from ``seed``.
+
+    Li et al. (2024, WMDP) draw u the same way (uniform, then unit norm); seeding makes it the same across a
+    run and its resume.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.rand(hidden_size, generator=generator)
+    return u / u.norm()
+
+
+def rmu_losses(
+    forget_hidden: torch.Tensor,
+    forget_mask: torch.Tensor,
+    retain_hidden: torch.Tensor,
+    reference_retain_hidden: torch.Tensor,
+    retain_mask: torch.Tensor,
+    direction: torch.Tensor,
+    coeff: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Representation Misdirection for Unlearning (Li et al. 2024, WMDP, arXiv 2403.03218, section 5).
+
+        L_forget = MSE(h_policy(forget tokens), coeff * u)
+        L_retain = MSE(h_policy(retain tokens), h_reference(retain tokens))
+        L_RMU    = L_forget + alpha * L_retain   (alpha applied by the method)
+
+    Args:
+        forget_hidden: [B, T, D] policy hidden states at the chosen layer; forget_mask [B, T].
+        retain_hidden / reference_retain_hidden: [N, T', D]; retain_mask [N, T'].
+        direction: [D] unit vector u; coeff: its scale c.
+    Returns:
+        (L_forget, L_retain), scalars float32.
+    """
+    target = coeff * direction.to(forget_hidden.device)
+    return masked_mse(forget_hidden, target, forget_mask), masked_mse(retain_hidden, reference_retain_hidden, retain_mask)
+
+
 # ----------------------------------------------------------------------------- on gathered positions
 # The training step applies the LM head only at the positions a loss reads (unlearnkit.step); these
 # take those logits as [n, V] rows, one row per read position, in any float dtype.

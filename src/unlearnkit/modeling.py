@@ -162,6 +162,48 @@ class Reference:
         with self.mode(policy) as model:
             return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
+    @torch.no_grad()
+    def hidden_state(self, policy: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """[N, T, D] output of decoder layer ``layer`` (0-based) of the original model."""
+        with self.mode(policy) as model:
+            return model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[layer + 1]
+
+
+# Names of the MLP output projection inside a decoder layer, by architecture family.
+MLP_OUT_NAMES = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "fc2", "feed_forward.w2")
+
+
+def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """(qualified name, module list) of the model's decoder layers: the ModuleList as long as num_hidden_layers."""
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return name, module
+    raise UserError("cannot find the model's decoder layers (no ModuleList of num_hidden_layers); use rmu_params=all")
+
+
+def train_only_mlp_out(model: torch.nn.Module, layers: list[int]) -> list[str]:
+    """Freeze every trainable parameter except those in the MLP output projection of ``layers``.
+
+    RMU's authors (Li et al. 2024) update only these weights (layers l-2..l of the steered layer l). With
+    LoRA, the adapter weights inside those projections stay trainable. Returns the names left trainable;
+    raises UserError when none are (e.g. LoRA not targeting the MLP).
+    """
+    prefix, _ = decoder_layers(model)
+    wanted = tuple(f"{prefix}.{layer}.{out}." for layer in layers for out in MLP_OUT_NAMES)
+    kept = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if any(w in f"{name}." for w in wanted):
+            kept.append(name)
+        else:
+            param.requires_grad_(False)
+    if not kept:
+        raise UserError(f"no trainable MLP output projection in layers {layers} (with LoRA, target the MLP "
+                        "down projection in lora_target_modules); or set rmu_params=all")
+    return kept
+
 
 def disable_dropout(model: torch.nn.Module) -> None:
     """Turn every dropout of the model off (nn.Dropout modules, attention/residual dropout rates, layerdrop).

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from unlearnkit import __version__
-from unlearnkit.config import RunConfig, save_config
+from unlearnkit.config import MethodConfig, RunConfig, save_config
 from unlearnkit.data import (
     QAExample,
     StepBatcher,
@@ -35,11 +35,13 @@ from unlearnkit.data import (
     tokenize_qa,
 )
 from unlearnkit.errors import UserError
-from unlearnkit.methods import METHODS, Method
+from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, resolve_needs
 from unlearnkit.own_answers import model_fingerprint, own_answers
 from unlearnkit.modeling import (
     Reference,
     add_lora,
+    decoder_layers,
+    train_only_mlp_out,
     check_output_dir,
     disable_dropout,
     hold_frozen_in,
@@ -81,9 +83,11 @@ def load_run_data(config: RunConfig, method: Method) -> tuple[list[QAExample], l
     """The forget and normal examples of the run (normal empty when the method needs none). With
     ``normal_answers=self`` the normal answers may be empty (prompt-only pools): the model writes them."""
     d, m = config.data, config.method
+    needs = resolve_needs(method, m)
     forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
-                     answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where)
-    needs_normal = method.uses_kl or method.mismatch_source == "normal"
+                     answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where,
+                     preferred_column=d.forget_preferred_column if needs.preferred == "column" else "")
+    needs_normal = needs.normal
     normal = (
         load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
                 answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where,
@@ -99,6 +103,7 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
     """The step batcher of the run. With ``normal_answers=self`` the normal answers are ``original_model``'s
     own greedy answers to the normal prompts (see unlearnkit.own_answers); the model must then be given."""
     d, m = config.data, config.method
+    needs = resolve_needs(method, m)
     forget, normal = load_run_data(config, method)
     if normal and d.normal_answers == "self":
         if original_model is None:
@@ -111,13 +116,19 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
         # Tokenized after a real prompt, so the seam is the one every forget prompt has (see data.encode_pair).
         prompt = format_prompt(tokenizer, forget[0].question, d.template)
         template_ids = encode_pair(tokenizer, prompt, format_answer(m.template_reply, d.template, prompt))[1]
+    refusal_ids = []
+    if needs.preferred == "refusal":
+        # Like the template reply: tokenized after a real prompt so the seam matches every forget prompt's.
+        prompt = format_prompt(tokenizer, forget[0].question, d.template)
+        refusal_ids = [encode_pair(tokenizer, prompt, format_answer(r, d.template, prompt))[1] for r in REFUSALS]
     return StepBatcher(
         tokenize_qa(tokenizer, forget, d.template),
         tokenize_qa(tokenizer, normal, d.template),
         batch_size=config.train.batch_size, num_mismatch=m.num_mismatch, max_length=d.max_length,
         pad_id=pad_id_of(tokenizer), seed=config.train.seed,
-        mismatch_source=method.mismatch_source, template_reply_ids=template_ids, use_normal=method.uses_kl,
-        bos_id=tokenizer.bos_token_id,
+        mismatch_source=needs.mismatch, template_reply_ids=template_ids,
+        use_normal=needs.kl or needs.retain_nll or needs.hidden_states,
+        bos_id=tokenizer.bos_token_id, preferred_source=needs.preferred, refusal_ids=refusal_ids,
     )
 
 
@@ -221,7 +232,7 @@ def model_card(config: RunConfig, result_steps: int, stop_reason: str) -> str:
         + f".\n\nForgotten data: `{d.forget}` (prompt format `{d.template}`); normal data: `{d.normal}`.\n"
         f"Training: {result_steps} steps ({stop_reason}), lr {config.train.lr}, batch {config.train.batch_size}, "
         f"{'LoRA r=' + str(config.model.lora_r) if config.model.lora else 'full finetuning'}, seed {config.train.seed}.\n\n"
-        "Method: Yao, Xu, Liu (2023), *Large Language Model Unlearning*, arXiv:2310.10683.\n"
+        f"Method: {METHODS[m.name].paper}; unlearning set-up after Yao, Xu, Liu (2023), *Large Language Model Unlearning*, arXiv:2310.10683.\n"
         "Unlearning reduces, but does not guarantee the absence of, the forgotten behaviour; evaluate before use.\n"
     )
 
@@ -247,6 +258,18 @@ class Run:
     state: TrainState
     log_path: Path
     base_held_in_bf16: bool = False  # LoRA base weights stored in bf16 (merged output rebuilt in float32)
+    # What each step computes: the method's needs with the run's regularizer (methods.resolve_needs).
+    needs: Needs = field(default_factory=Needs)
+
+    @property
+    def hidden_layer(self) -> int | None:
+        return hidden_layer_of(self.config.method, self.needs)
+
+
+def hidden_layer_of(config: MethodConfig, needs: Needs) -> int | None:
+    """The step engine's hidden-state index (0 = embeddings) for a method reading hidden states (RMU):
+    the output of decoder layer ``rmu_layer`` (0-based) is hidden state rmu_layer + 1. None otherwise."""
+    return config.rmu_layer + 1 if needs.hidden_states else None
 
 
 def set_up(config: RunConfig, resume: bool) -> Run:
@@ -257,6 +280,7 @@ def set_up(config: RunConfig, resume: bool) -> Run:
 
     t = config.train
     method = METHODS[config.method.name]
+    needs = resolve_needs(method, config.method)
     # Everything that can fail on bad input happens before the output folder is touched.
     tokenizer = load_tokenizer(config.model)
     load_run_data(config, method)
@@ -264,17 +288,24 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     set_seed(t.seed)
     model = load_model(config.model)
     batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update (own answers)
-    out = prepare_output_dir(config, resume)
-
+    if needs.hidden_states:
+        layers = len(decoder_layers(model)[1])
+        if config.method.rmu_layer >= layers:
+            raise UserError(f"rmu_layer {config.method.rmu_layer} is past the model's last layer ({layers - 1}); choose a middle layer")
     if config.model.lora:
         model = add_lora(model, config.model)
+    if config.method.name == "rmu" and config.method.rmu_params == "mlp_out":
+        layer = config.method.rmu_layer
+        train_only_mlp_out(model, list(range(max(0, layer - 2), layer + 1)))
+    out = prepare_output_dir(config, resume)  # after every check that can fail on bad input
+
     # Dropout off in the policy and (being the same module or a copy of it) in the reference: the KL
     # compares them token by token and must be 0 before the first update.
     disable_dropout(model)
     set_attention(model, t.attention)
     reference = None
     frozen_dtype = torch.bfloat16 if t.precision == "bf16" else None
-    if method.step_needs.reference:
+    if needs.reference:
         reference = Reference(model, lora=config.model.lora, dtype=frozen_dtype)
     base_held_in_bf16 = bool(config.model.lora and frozen_dtype is not None and hold_frozen_in(model, frozen_dtype))
     model.train()
@@ -298,7 +329,7 @@ def set_up(config: RunConfig, resume: bool) -> Run:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     save_config(config, out / "config.yaml")
     return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, params, out, state, log_path,
-               base_held_in_bf16)
+               base_held_in_bf16, needs)
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -308,8 +339,8 @@ def train_step(run: Run) -> dict[str, Any]:
     started = time.perf_counter()
     step_batch = run.batcher(run.state.step)
     with run.accelerator.autocast():
-        terms = compute_terms(run.model, run.reference, step_batch, run.method.step_needs,
-                              row_tokens=t.pack_tokens, chunk_tokens=t.logit_chunk)
+        terms = compute_terms(run.model, run.reference, step_batch, run.needs.step_needs,
+                              row_tokens=t.pack_tokens, chunk_tokens=t.logit_chunk, hidden_layer=run.hidden_layer)
         loss = run.method.combine(terms, run.config.method)
     run.accelerator.backward(loss)
     if t.max_grad_norm > 0:
@@ -324,6 +355,8 @@ def train_step(run: Run) -> dict[str, Any]:
     return {
         "step": run.state.step, "forget_nll": _scalar(terms.forget_nll), "mismatch_nll": _scalar(terms.mismatch_nll),
         "kl": _scalar(terms.kl), "loss": float(loss.detach()), "lr": lr,
+        **{f"{'retain' if g == 'normal' else g}_nll": _scalar(terms.mean_nll(g)) for g in ("normal", "preferred") if g in terms.nll_sum},
+        **terms.logged,  # the method's own loss parts (npo_loss, dpo_loss, rmu_*_mse, ...)
         "tokens_per_s": step_batch.num_tokens / elapsed, "step_time_s": elapsed,
     }
 
