@@ -1,6 +1,8 @@
 """Command line: ``unlearnkit run | demo | eval | judge | report | methods``.
 
 Bad input ends with one line on stderr naming the problem and the fix, exit status 2, no traceback.
+A run stopped by SIGTERM/SIGINT checkpoints and exits 128 + the signal (143 / 130); a diverged run
+(non-finite loss or gradient) exits 3. Both print one line.
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except UserError as exc:
         print(f"unlearnkit: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("unlearnkit: interrupted (use --resume to continue from the last checkpoint)", file=sys.stderr)
         return 130

@@ -1,0 +1,75 @@
+"""Data-parallel runs with `accelerate launch` on CPU (gloo): N processes x their share of the step
+equal one process running the whole global batch, for full finetuning and LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unlearnkit.batching import shard_step
+from unlearnkit.config import load_config
+from unlearnkit.data import StepBatch
+from unlearnkit.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(num_processes: int, args: list[str], *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "unlearnkit.cli", "run", *extra, *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_shard_step_keeps_each_prompt_with_its_mismatch_answers():
+    seqs = [([i], [i]) for i in range(2 + 4 + 2)]  # forget 0,1; mismatch 2..5 (K=2); normal 6,7
+    step = StepBatch(seqs, {"forget": slice(0, 2), "mismatch": slice(2, 6), "normal": slice(6, 8)}, pad_id=0)
+    shares = [shard_step(step, r, 2) for r in range(2)]
+    assert [s.sequences for s in shares] == [[seqs[0], seqs[2], seqs[3], seqs[6]], [seqs[1], seqs[4], seqs[5], seqs[7]]]
+    assert shares[1].slices == {"forget": slice(0, 1), "mismatch": slice(1, 3), "normal": slice(3, 4)}
+
+
+@pytest.mark.parametrize("lora", ["false", "true"])
+def test_two_process_run_equals_one_process_run(tiny_model_dir, qa_files, tmp_path, lora):
+    args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
+            "max_steps=3", "batch_size=4", "num_mismatch=2", f"lora={lora}", "save_every=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config(None, [*args, f"output_dir={one}"]))
+    proc = launch(2, [*args, f"output_dir={two}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_log(one), read_log(two)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for row_a, row_b in zip(a, b):
+        for key in ("loss", "forget_nll", "mismatch_nll", "kl"):
+            assert abs(row_a[key] - row_b[key]) < 1e-5, (key, row_a[key], row_b[key])
+    wa, wb = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
+    assert json.loads((two / "run_info.json").read_text())["processes"] == 2
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-2", "step-3"]
+
+
+def test_global_batch_must_divide_over_processes(tiny_model_dir, qa_files, tmp_path):
+    args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false",
+            "batch_size=3", f"output_dir={tmp_path / 'out'}"]
+    proc = launch(2, args)
+    assert proc.returncode != 0 and "batch_size=3" in proc.stderr and "Traceback" not in proc.stderr.split("batch_size=3")[0]
