@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 def launch(num_processes: int, args: list[str], *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(num_processes),
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "unlearnkit.cli", "run", *extra, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -73,3 +73,18 @@ def test_global_batch_must_divide_over_processes(tiny_model_dir, qa_files, tmp_p
             "batch_size=3", f"output_dir={tmp_path / 'out'}"]
     proc = launch(2, args)
     assert proc.returncode != 0 and "batch_size=3" in proc.stderr and "Traceback" not in proc.stderr.split("batch_size=3")[0]
+
+
+def test_two_process_resume_from_a_one_process_checkpoint(tiny_model_dir, qa_files, tmp_path):
+    """A one-process run stopped on its time budget continues under `accelerate launch` with 2 processes."""
+    args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
+            "max_steps=3", "batch_size=4", "num_mismatch=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(load_config(None, [*args, f"output_dir={straight}"]))
+    assert train(load_config(None, [*args, "time_budget_s=1e-9", f"output_dir={resumed}"])).steps == 1
+    proc = launch(2, [*args, f"output_dir={resumed}"], "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_log(resumed)] == [1, 2, 3]
+    wa = load_file(str(straight / "model" / "model.safetensors"))
+    wb = load_file(str(resumed / "model" / "model.safetensors"))
+    assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
