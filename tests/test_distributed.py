@@ -30,9 +30,12 @@ def _free_port() -> int:
 
 def launch(num_processes: int, args: list[str], *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), "-m", "unlearnkit.cli", "run", *extra, *args]
+    # The shipped DDP config; on a machine without GPUs accelerate's multi-GPU launcher (torchrun) starts
+    # the processes and unlearnkit's Accelerator joins them over gloo on CPU. (`accelerate launch --cpu
+    # --num_processes 2` starts ONE process unless given an MPI hostfile.)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+               "--num_processes", str(num_processes), "--main_process_port", str(_free_port()),
+               "-m", "unlearnkit", "run", *extra, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -248,6 +248,10 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     t = config.train
     method = METHODS[config.method.name]
     accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    sharding = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if sharding in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise UserError(f"accelerate distributed_type {sharding} is not supported yet: checkpoints and the exported model would "
+                        "hold sharded state; use configs/accelerate/ddp.yaml (with lora=true for 7B+ models, see README Scaling out)")
     if t.batch_size % accelerator.num_processes:
         raise UserError(f"batch_size={t.batch_size} is the global batch and must divide evenly over {accelerator.num_processes} "
                         f"processes; use a multiple of {accelerator.num_processes}")
