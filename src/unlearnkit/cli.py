@@ -34,6 +34,8 @@ def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] |
         resolve_device(config.eval)
         judge = load_judge(config.eval.judge, config.eval.judge_threshold)
     result = train(config, resume=resume)
+    if not result.is_main_process:
+        return {}  # multi-process run: the main process reports and evaluates
     print(f"unlearned for {result.steps} steps ({result.stop_reason}) in {result.seconds:.1f}s -> {result.output_dir}")
     if result.last_log:
         last = result.last_log

@@ -71,6 +71,7 @@ class TrainResult:
     stop_reason: str
     seconds: float
     last_log: dict[str, Any] = field(default_factory=dict)
+    is_main_process: bool = True  # False on the other processes of an `accelerate launch` run (they write nothing)
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -492,4 +493,4 @@ def train(
                     on_step_end(state.step)
         bar.close()
         save_outputs(run)
-    return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last)
+    return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last, run.is_main)
