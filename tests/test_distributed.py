@@ -91,3 +91,49 @@ def test_two_process_resume_from_a_one_process_checkpoint(tiny_model_dir, qa_fil
     wa = load_file(str(straight / "model" / "model.safetensors"))
     wb = load_file(str(resumed / "model" / "model.safetensors"))
     assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
+
+
+SLOW_RANK = """
+import os, sys, time
+from pathlib import Path
+Path(os.environ["PID_DIR"], os.environ["RANK"]).write_text(str(os.getpid()))
+import unlearnkit.train as train_module
+step = train_module.train_step
+def slow_step(run):
+    time.sleep(0.3)
+    return step(run)
+train_module.train_step = slow_step
+from unlearnkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_of_one_process_then_resume_equals_uninterrupted(tiny_model_dir, qa_files, tmp_path):
+    import signal
+    import time
+
+    args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
+            "max_steps=6", "batch_size=4", "num_mismatch=2", "save_every=2"]
+    straight, killed, pids = tmp_path / "straight", tmp_path / "killed", tmp_path / "pids"
+    pids.mkdir()
+    train(load_config(None, [*args, f"output_dir={straight}"]))
+    script = tmp_path / "slow_rank.py"
+    script.write_text(SLOW_RANK)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PID_DIR": str(pids)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+               "--num_processes", "2", "--main_process_port", str(_free_port()), str(script), "run", *args, f"output_dir={killed}"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    log = killed / "train_log.jsonl"
+    while (not log.is_file() or len(log.read_text().splitlines()) < 3) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(int((pids / "1").read_text()), signal.SIGKILL)
+    proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert not (killed / "model").exists() and (killed / "checkpoints" / "step-2").is_dir()
+    resumed = launch(2, [*args, f"output_dir={killed}"], "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in read_log(killed)] == [1, 2, 3, 4, 5, 6]
+    wa = load_file(str(straight / "model" / "model.safetensors"))
+    wb = load_file(str(killed / "model" / "model.safetensors"))
+    assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
