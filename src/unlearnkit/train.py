@@ -328,7 +328,10 @@ def train_step(run: Run) -> dict[str, Any]:
         loss = run.method.combine(terms, run.config.method)
     run.accelerator.backward(loss)
     # The gradient norm is always taken (max_grad_norm=0: no clipping) so that a non-finite one is caught.
-    grad_norm = run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+    if t.max_grad_norm > 0:
+        grad_norm = run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.params if p.grad is not None])
     local = [_scalar(terms.forget_nll), _scalar(terms.mismatch_nll), _scalar(terms.kl), float(loss.detach()),
              float(step_batch.num_tokens)]
     forget_nll, mismatch_nll, kl, loss_value, tokens = run.reduce([x if x is not None else 0.0 for x in local])
