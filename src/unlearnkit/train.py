@@ -4,7 +4,15 @@ Each step runs ONE packed policy forward/backward over the step's sequences and,
 reads the original model, one no-grad reference forward over just the groups it needs (the step
 engine: unlearnkit.step). Checkpoints hold the trainable weights, optimizer, scheduler, RNG
 state and stop-rule state; the batch of a step is a pure function of (seed, step), so a run resumed from
-a checkpoint (even after kill -9) ends with the same weights as an uninterrupted one on CPU.
+a checkpoint (even after kill -9) ends with the same weights as an uninterrupted one on CPU
+(checkpoint format: unlearnkit.checkpoint).
+
+Data parallel (``accelerate launch``, DDP): every process builds the whole step and takes its equal
+share (batching.shard_step); the prepared module is the step itself (step.StepModule), so DDP averages
+the gradients of the packed forward; loss terms, stop rules, signals and the non-finite check use
+values reduced over processes; only the main process writes. Faults: SIGTERM/SIGINT checkpoint and
+raise RunInterrupted; a non-finite loss/gradient raises TrainingDiverged before the update; write
+failures of the output folder become one UserError line (output_errors).
 """
 
 from __future__ import annotations
