@@ -137,3 +137,31 @@ def test_kill_9_of_one_process_then_resume_equals_uninterrupted(tiny_model_dir, 
     wa = load_file(str(straight / "model" / "model.safetensors"))
     wb = load_file(str(killed / "model" / "model.safetensors"))
     assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
+
+
+def test_sigterm_to_the_launcher_checkpoints_every_process_at_the_same_step(tiny_model_dir, qa_files, tmp_path):
+    """A cluster pre-empting the job signals the launcher; it forwards SIGTERM to every process, which
+    agree (reduced flag) on the step to stop after; the main process writes that checkpoint."""
+    import signal
+    import time
+
+    args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
+            "max_steps=30", "batch_size=4", "num_mismatch=2", "save_every=0"]
+    out, pids = tmp_path / "out", tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "slow_rank.py"
+    script.write_text(SLOW_RANK)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PID_DIR": str(pids)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+               "--num_processes", "2", "--main_process_port", str(_free_port()), str(script), "run", *args, f"output_dir={out}"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    log = out / "train_log.jsonl"
+    while (not log.is_file() or len(log.read_text().splitlines()) < 2) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    steps = [r["step"] for r in read_log(out)]
+    assert 2 <= len(steps) < 30 and (out / "checkpoints" / f"step-{steps[-1]}" / "state.json").is_file(), err[-3000:]
+    assert err.count("SIGTERM received: stopped after step") >= 1 and not (out / "model").exists()
