@@ -120,6 +120,28 @@ def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_writes_no_model(ti
     assert log_steps(out) == [1, 2]
 
 
+class _NanGradient(torch.autograd.Function):
+    """Identity forward (a finite loss), NaN gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_non_finite_gradient_with_finite_loss_stops_too(tiny_model_dir, qa_files, tmp_path, monkeypatch):
+    base = METHODS["ga"]
+    monkeypatch.setitem(METHODS, "ga", Method(lambda t, c: _NanGradient.apply(base.combine(t, c)), None, False, base.summary))
+    out = tmp_path / "out"
+    with pytest.raises(TrainingDiverged) as caught:
+        train(load_config(None, common(tiny_model_dir, qa_files, "method=ga", "max_steps=3", f"output_dir={out}")))
+    assert "step 1" in str(caught.value) and "gradient norm nan" in str(caught.value)
+    assert not (out / "model").exists() and log_steps(out) == []
+
+
 def test_non_finite_loss_exits_3_with_one_line(tiny_model_dir, qa_files, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(METHODS, "ga", _diverging(after_steps=0))
     code = main(["run", *common(tiny_model_dir, qa_files, "method=ga", "max_steps=3", f"output_dir={tmp_path / 'out'}")])
