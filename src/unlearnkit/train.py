@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import shutil
 import signal
 import tempfile
@@ -245,6 +246,11 @@ class Run:
         return self.reduce([float(count)])[0]
 
 
+def _refuse_sharding(kind: str) -> None:
+    raise UserError(f"accelerate distributed_type {kind} is not supported yet: checkpoints and the exported model would "
+                    "hold sharded state; use configs/accelerate/ddp.yaml (with lora=true for 7B+ models, see README Scaling out)")
+
+
 def set_up(config: RunConfig, resume: bool) -> Run:
     """Data, model (+ LoRA, dropout off, attention path), reference, optimizer, and the state to start from.
 
@@ -256,11 +262,16 @@ def set_up(config: RunConfig, resume: bool) -> Run:
 
     t = config.train
     method = METHODS[config.method.name]
+    # Sharded launches are refused before accelerate starts (under FSDP on a machine without GPUs
+    # accelerate itself would fail with a traceback).
+    launched = [name for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED"))
+                if os.environ.get(var, "").lower() in ("1", "true", "yes")]
+    if launched:
+        _refuse_sharding(launched[0])
     accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     sharding = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     if sharding in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise UserError(f"accelerate distributed_type {sharding} is not supported yet: checkpoints and the exported model would "
-                        "hold sharded state; use configs/accelerate/ddp.yaml (with lora=true for 7B+ models, see README Scaling out)")
+        _refuse_sharding(sharding)
     if t.batch_size % accelerator.num_processes:
         raise UserError(f"batch_size={t.batch_size} is the global batch and must divide evenly over {accelerator.num_processes} "
                         f"processes; use a multiple of {accelerator.num_processes}")
