@@ -12,6 +12,7 @@ Files written:
     truthfulqa_{train,val,test}.jsonl      normal Q&A (TruthfulQA "Best Answer"), 70/10/20
     halueval_{train,test}.jsonl            hallucinated answers to forget (+ right answer, knowledge)
     gutenberg_alice.jsonl                  Alice in Wonderland passages as (prefix, continuation)
+    tofu.jsonl.xz                          TOFU fictitious-author QA + perturbed answers, real authors, world facts (xz)
     CREDITS.md                             source, license, rows and recipe of every file
 
 Usage:
@@ -25,6 +26,7 @@ import csv
 import collections
 import hashlib
 import json
+import lzma
 import random
 import re
 from collections.abc import Iterable
@@ -576,6 +578,67 @@ def build_toxicchat_benign(data_dir: Path, excluded: set[str]) -> BuiltFile:
 
 
 # ================================================================================================
+# TOFU (fictitious authors)
+# ================================================================================================
+
+TOFU_DIR = "tofu"
+TOFU_QA_PER_AUTHOR = 20
+TOFU_PERTURBED_FIELDS = ("paraphrased_answer", "perturbed_answer", "paraphrased_question")
+
+
+def build_tofu(data_dir: Path) -> list[BuiltFile]:
+    """TOFU in one xz-compressed JSON Lines file (the benchmark's splits are slices of ``full``).
+
+    Rows: the 4,000 fictitious-author QA pairs of ``full.json`` in order (``set`` = fictitious, ``author`` =
+    row // 20), the paraphrased/perturbed answers merged into the rows that have them (forget10 = the last
+    400 rows, retain_perturbed = the first 400), then real_authors and world_facts with their perturbed
+    answers. forgetXX / retainXX / the perturbed files are checked to be exactly those slices, so nothing
+    is lost by not shipping them.
+    """
+    folder = data_dir / TOFU_DIR
+
+    def read(name: str) -> list[dict]:
+        return read_jsonl(folder / f"{name}.json")
+
+    full = read("full")
+    forget10_perturbed, retain_perturbed = read("forget10_perturbed"), read("retain_perturbed")
+    for split, authors in (("forget01", 2), ("forget05", 10), ("forget10", 20)):
+        rows = authors * TOFU_QA_PER_AUTHOR
+        assert read(split) == full[-rows:], f"TOFU {split} is not the last {authors} authors of full"
+        assert read(f"retain{100 - int(split[-2:])}") == full[:-rows], f"TOFU retain of {split} is not the rest of full"
+        assert read(f"{split}_perturbed") == forget10_perturbed[-rows:], f"TOFU {split}_perturbed is not a tail of forget10's"
+    rows = [{"set": "fictitious", "author": i // TOFU_QA_PER_AUTHOR, "question": r["question"], "answer": r["answer"]}
+            for i, r in enumerate(full)]
+    offset = len(full) - len(forget10_perturbed)
+    for start, extra in ((0, retain_perturbed), (offset, forget10_perturbed)):
+        for i, row in enumerate(extra):
+            target = rows[start + i]
+            assert (row["question"], row["answer"]) == (target["question"], target["answer"]), f"TOFU perturbed row {i} misaligned"
+            target.update({key: row[key] for key in TOFU_PERTURBED_FIELDS})
+    for name in ("real_authors", "world_facts"):
+        rows.extend({"set": name, "question": r["question"], "answer": r["answer"], "perturbed_answer": r["perturbed_answer"]}
+                    for r in read(f"{name}_perturbed"))
+    hashes = ", ".join(f"`{p.name}` {sha256_of(p)[:16]}" for p in sorted(folder.glob("*.json")))
+    credits = (
+        "- Source: TOFU (locuslab/tofu; the HF dataset locuslab/TOFU), as staged from OPTML-Group/Unlearn-Simple @ "
+        "f1a355d3cb16cdaa2dfbda163a2e954c67886a4c, `TOFU/TOFU_data/` (local `tofu/`; sha256 prefixes: "
+        f"{hashes}).\n"
+        "- Paper: Maini, Feng, Schwarzschild, Lipton, Kolter, *TOFU: A Task of Fictitious Unlearning for LLMs* (COLM 2024, "
+        "arXiv:2401.06121).\n"
+        "- License: MIT (\"Copyright (c) 2024 CMU Locus Lab\"; Unlearn-Simple MIT, \"Copyright (c) 2024 JC Liu\").\n"
+        "- How it was made: `full.json` (200 fictitious authors x 20 QA, in order) with `set` = fictitious and `author` = "
+        "row // 20; `paraphrased_answer`, `perturbed_answer` (5) and `paraphrased_question` merged in from "
+        "`forget10_perturbed.json` (the last 400 rows) and `retain_perturbed.json` (the first 400 rows); then "
+        "`real_authors_perturbed.json` (100) and `world_facts_perturbed.json` (117) with `set` = real_authors / world_facts "
+        "and 3 perturbed answers each. The builder checks that forget01/05/10 are the last 2/10/20 authors of full, "
+        "retain99/95/90 the rest, and the forget01/05 perturbed files tails of forget10's, so "
+        "`unlearnkit.builtin.datasets.tofu_rows` rebuilds every split exactly. xz-compressed to keep the package small.\n"
+        "- Content warning: none (invented biographies; real authors and world-facts questions).\n"
+    )
+    return [BuiltFile("tofu.jsonl.xz", rows, credits)]
+
+
+# ================================================================================================
 # Output
 # ================================================================================================
 
@@ -602,6 +665,7 @@ LICENSES = {
     "xstest_safe": "CC-BY-4.0",
     "alpaca_instructions": "MIT",
     "toxicchat_benign": "CC-BY-NC-4.0",
+    "tofu": "MIT",
 }
 
 
@@ -613,6 +677,9 @@ def write_outputs(files: list[BuiltFile], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for built in files:
         payload = to_jsonl(built.rows).encode("utf-8")
+        if built.filename.endswith(".xz"):
+            # xz has no timestamp in its header, so the compressed bytes are deterministic too.
+            payload = lzma.compress(payload, preset=9 | lzma.PRESET_EXTREME)
         (out_dir / built.filename).write_bytes(payload)
         built.size_bytes = len(payload)
 
@@ -641,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
 
     files = build_pku(args.data_dir) + build_truthfulqa(args.data_dir) + build_halueval(args.data_dir) + build_alice(
         args.data_dir
-    ) + build_advbench(args.data_dir) + build_utility(args.data_dir)
+    ) + build_advbench(args.data_dir) + build_utility(args.data_dir) + build_tofu(args.data_dir)
     write_outputs(files, args.out_dir)
     total = sum(b.size_bytes for b in files) + (args.out_dir / "CREDITS.md").stat().st_size
     for built in files:

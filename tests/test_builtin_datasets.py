@@ -92,7 +92,8 @@ def test_registry_matches_the_files_on_disk() -> None:
 
 def test_folder_stays_small() -> None:
     total = sum(path.stat().st_size for path in DATA_DIR.iterdir())
-    assert total < 2_000_000
+    # 2.0 MB of JSONL plus TOFU (tofu.jsonl.xz, 394 KB xz-compressed, the whole benchmark): 2,003,078 bytes.
+    assert total < 2_100_000
 
 
 def test_builtin_dataset_is_frozen() -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``unlearnkit run | demo | eval | judge | report | methods``.
+"""Command line: ``unlearnkit run | demo | eval | judge | report | scenario | bench | methods``.
 
 Bad input ends with one line on stderr naming the problem and the fix, exit status 2, no traceback.
 A run stopped by SIGTERM/SIGINT checkpoints and exits 128 + the signal (143 / 130); a diverged run
@@ -158,6 +158,23 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unlearnkit.bench.tofu import load_bench_config, run_tofu
+
+    name, *overrides = args.benchmark
+    if name != "tofu":
+        raise UserError(f"unknown benchmark '{name}'; choose one of: tofu")
+    pinned = [*([f"method={args.method}"] if args.method else []), *([f"bench.split={args.split}"] if args.split else [])]
+    preset = None if args.config.lower() == "none" else args.config  # none: the defaults (the full benchmark) + overrides
+    bench, config = load_bench_config(preset, [*overrides, *pinned])
+    output = Path(args.output or f"runs/bench_tofu_{bench.split}_{config.method.name}")
+    print(f"bench tofu: {config.method.name} on {bench.split} -> {output}")
+    run_tofu(bench, config, output, fresh=args.fresh, progress=not args.quiet)
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from unlearnkit.methods import METHODS
 
@@ -230,6 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
     scenario.add_argument("--quiet", action="store_true", help="no progress bars")
     scenario.set_defaults(handler=_cmd_scenario)
 
+    bench = sub.add_parser(
+        "bench", help="run a benchmark end to end (tofu: finetune target + retain models, unlearn, TOFU metrics + MIA, report)",
+        description="TOFU: finetune the model on the fictitious authors (target) and without the forget split (retain), both "
+                    "cached; unlearn the split from the target with --method; forget quality, model utility, MIA; report.",
+    )
+    bench.add_argument("benchmark", nargs="+", metavar="tofu [key=value ...]",
+                       help="the benchmark (tofu), then overrides: bench keys (retain_authors=10, finetune_epochs=3, "
+                            "eval_rows=20, ...) or run-config keys for the unlearning stage (lr=1e-5 max_steps=20)")
+    bench.add_argument("--method", help="unlearning method (see `unlearnkit methods`)")
+    bench.add_argument("--split", choices=("forget01", "forget05", "forget10"), help="TOFU forget split")
+    bench.add_argument("--config", default="configs/bench/tofu.yaml",
+                       help="bench preset (default configs/bench/tofu.yaml: the reduced CPU budget; configs/bench/tofu_full.yaml: "
+                            "the full benchmark; none: built-in defaults)")
+    bench.add_argument("--output", help="folder for results.json and the report (default runs/bench_tofu_SPLIT_METHOD)")
+    bench.add_argument("--fresh", action="store_true", help="finetune the target and retain models again even when cached")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(handler=_cmd_bench)
+
     methods = sub.add_parser("methods", help="list the unlearning methods")
     methods.set_defaults(handler=_cmd_methods)
     return parser
@@ -241,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come on both sides of options (`run lr=1 --config c max_steps=2`); argparse
     # takes a positional list only once, so the rest arrives here.
-    trailing = next((name for name in ("overrides", "scenario") if isinstance(getattr(args, name, None), list)), None)
+    trailing = next((name for name in ("overrides", "scenario", "benchmark") if isinstance(getattr(args, name, None), list)), None)
     if extra and (trailing is None or any(item.startswith("-") for item in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

@@ -83,8 +83,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
     precision: str = _f("fp32", "compute precision; bf16 also holds the frozen reference copy in bf16", choices=("fp32", "bf16"))
-    attention: str = _f("auto", "attention kernel of the packed step (must honour its per-sequence mask): auto (= sdpa, "
-                        "measured fastest), sdpa or eager", choices=("auto", "sdpa", "eager"))
+    attention: str = _f("auto", "attention kernel of the packed step (must honour its per-sequence mask): auto (= sdpa; eager "
+                        "measured within noise of it on CPU), sdpa or eager", choices=("auto", "sdpa", "eager"))
     pack_tokens: int = _f(512, "soft length of a packed row: sequences are packed into rows of about this many tokens "
                           "(attention cost grows with the square of a row's length)")
     logit_chunk: int = _f(1024, "read positions per LM-head chunk (bounds the [chunk, vocab] logits held at once)")

@@ -100,11 +100,14 @@ def _load_hub_rows(name: str, split: str) -> list[dict[str, Any]]:
 
 
 def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
-    """Rows from a builtin dataset name, a local file, or a hub dataset (``hf:NAME[:SUBSET]`` or ``owner/name``)."""
-    from unlearnkit.builtin.datasets import BUILTIN_DATASETS, load_builtin_dataset
+    """Rows from a builtin dataset name, a builtin TOFU split (``tofu:forget05``), a local file, or a hub
+    dataset (``hf:NAME[:SUBSET]`` or ``owner/name``)."""
+    from unlearnkit.builtin.datasets import BUILTIN_DATASETS, load_builtin_dataset, tofu_rows
 
     if source in BUILTIN_DATASETS:
         return load_builtin_dataset(source)
+    if source.startswith("tofu:"):
+        return tofu_rows(source[5:])
     if source.startswith("hf:"):
         return _load_hub_rows(source[3:], split)
     path = Path(source).expanduser()

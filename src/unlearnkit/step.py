@@ -31,8 +31,8 @@ from unlearnkit.methods import StepNeeds, StepTerms
 from unlearnkit.modeling import Reference
 
 ATTENTION_PATHS = ("auto", "sdpa", "eager")
-"""Attention kernels that honour the packed 4-D mask. ``auto`` = sdpa (measured fastest on CPU and
-GPU for these masks, see README performance). Flash-attention kernels take no arbitrary mask and
+"""Attention kernels that honour the packed 4-D mask. ``auto`` = sdpa (on CPU eager measured within
+noise of it, README performance; sdpa is the faster kernel family on GPUs). Flash-attention kernels take no arbitrary mask and
 cannot express a shared prompt; they are refused rather than silently attending across sequences."""
 
 DEFAULT_ROW_TOKENS = 512

@@ -167,3 +167,48 @@ def load_builtin_dataset(name: str) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         # Iterating a text file splits on "\n" only, which is how the builder writes rows.
         return [json.loads(line) for line in handle if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------- TOFU
+TOFU_FILE = DATA_DIR / "tofu.jsonl.xz"
+TOFU_QA_PER_AUTHOR = 20
+TOFU_AUTHORS = 200
+TOFU_FORGET_AUTHORS = {"forget01": 2, "forget05": 10, "forget10": 20}
+TOFU_RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+TOFU_SPLITS = ("full", *TOFU_FORGET_AUTHORS, *TOFU_RETAIN_OF.values(), *(f"{s}_perturbed" for s in TOFU_FORGET_AUTHORS),
+               "retain_perturbed", "real_authors", "world_facts")
+TOFU_CREDIT = "TOFU (Maini et al. 2024, arXiv:2401.06121; locuslab/tofu), MIT; see builtin/data/CREDITS.md"
+
+
+def _tofu_all_rows() -> list[dict[str, Any]]:
+    import lzma
+
+    if not TOFU_FILE.is_file():
+        raise UserError(f"builtin TOFU file {TOFU_FILE} is missing; reinstall unlearnkit or run scripts/build_builtin_data.py")
+    with lzma.open(TOFU_FILE, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def tofu_rows(split: str) -> list[dict[str, Any]]:
+    """Rows of a TOFU split, rebuilt from the vendored file exactly as the benchmark defines it.
+
+    ``full`` (4,000 fictitious-author QA, ``author`` 0-199, 20 rows each); ``forget01/05/10`` = the last
+    2/10/20 authors; ``retain99/95/90`` = the rest; ``forgetXX_perturbed`` = the forget rows (each with
+    ``paraphrased_answer``, 5 ``perturbed_answer`` and ``paraphrased_question``); ``retain_perturbed`` = the
+    400 rows of authors 0-19 with the same fields; ``real_authors`` / ``world_facts`` (``perturbed_answer``: 3).
+    """
+    if split not in TOFU_SPLITS:
+        raise UserError(f"unknown TOFU split '{split}'; choose one of: {', '.join(TOFU_SPLITS)}")
+    rows = _tofu_all_rows()
+    if split in ("real_authors", "world_facts"):
+        return [r for r in rows if r["set"] == split]
+    fictitious = [r for r in rows if r["set"] == "fictitious"]
+    if split == "full":
+        return fictitious
+    if split == "retain_perturbed":
+        return [r for r in fictitious if "perturbed_answer" in r and r["author"] < TOFU_AUTHORS - max(TOFU_FORGET_AUTHORS.values())]
+    name = split.removesuffix("_perturbed")
+    if name in TOFU_FORGET_AUTHORS:
+        return [r for r in fictitious if r["author"] >= TOFU_AUTHORS - TOFU_FORGET_AUTHORS[name]]
+    forget = next(f for f, r in TOFU_RETAIN_OF.items() if r == name)
+    return [r for r in fictitious if r["author"] < TOFU_AUTHORS - TOFU_FORGET_AUTHORS[forget]]

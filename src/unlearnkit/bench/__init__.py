@@ -1,0 +1,1 @@
+"""Benchmarks run end to end: ``unlearnkit bench NAME`` (today: ``tofu``)."""
