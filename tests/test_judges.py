@@ -23,13 +23,17 @@ from unlearnkit.errors import UserError
 from unlearnkit.evaluate.judges import (
     BUILTIN_FEATURE_RECIPES,
     BUILTIN_JUDGE_WEIGHTS,
+    BUILTIN_WEIGHTS_FORMAT,
     BuiltinJudge,
     ClassifierJudge,
     GenerativeJudge,
     JudgeVerdict,
     load_judge,
+    builtin_features,
+    builtin_head_logits,
     parse_safety_verdict,
     resolve_harmful_label,
+    save_builtin_weights,
 )
 
 WORDS = (
@@ -273,30 +277,35 @@ def test_generative_judge_without_verdict_tokens_falls_back_to_parsing(tmp_path,
 
 
 def test_builtin_weights_file_has_the_documented_fields():
-    assert BUILTIN_JUDGE_WEIGHTS.suffix == ".json"
+    assert BUILTIN_JUDGE_WEIGHTS.suffix == ".safetensors"
     assert not list(BUILTIN_JUDGE_WEIGHTS.parent.glob("*.pkl")) and not list(BUILTIN_JUDGE_WEIGHTS.parent.glob("*.pickle"))
-    assert BUILTIN_JUDGE_WEIGHTS.stat().st_size < 100_000
-    weights = json.loads(BUILTIN_JUDGE_WEIGHTS.read_text())
-    assert weights["feature_recipe"] in BUILTIN_FEATURE_RECIPES
-    assert len(weights["coef"]) == weights["feature_dim"] and weights["feature_dim"] % 384 == 0
-    assert math.isfinite(weights["intercept"]) and 0.0 < weights["threshold"] < 1.0
-    assert weights["threshold_rule"] and weights["reproduce"].endswith("scripts/train_builtin_judge.py")
-    assert {"beavertails", "pku", "xstest"} <= set(weights["training_data"]["sources"])
-    assert "CC-BY-NC-4.0" in json.dumps(weights["training_data"])
-    for subset in ("overall", "beavertails", "pku", "xstest"):
-        metrics = weights["heldout_metrics"][subset]
-        assert {"accuracy", "precision", "recall", "f1", "roc_auc", "n"} <= set(metrics)
-        assert 0.5 < metrics["roc_auc"] <= 1.0
+    assert sum(f.stat().st_size for f in BUILTIN_JUDGE_WEIGHTS.parent.iterdir()) < 20_000_000
     judge = BuiltinJudge(show_progress=False)
-    assert judge.threshold == weights["threshold"] and judge.coef.shape == (weights["feature_dim"],)
+    weights = judge.weights
+    assert weights["feature_recipe"] in BUILTIN_FEATURE_RECIPES
+    assert judge.tensors["mean"].shape == (weights["feature_dim"],) and 0.0 < weights["threshold"] < 1.0
+    assert judge.threshold == weights["threshold"]
+    assert weights["threshold_rule"] and weights["reproduce"].endswith("scripts/train_builtin_judge.py")
+    assert {"beavertails", "pku", "xstest", "safeunlearning"} == set(weights["training_data"]["sources"])
+    assert "CC-BY-NC-4.0" in json.dumps(weights["training_data"])
+    for table in ("heldout_prompt_split", "leave_one_source_out"):
+        for source in ("beavertails", "pku", "xstest", "safeunlearning"):
+            metrics = weights[table][source]
+            assert {"n", "balanced_accuracy", "tpr", "tnr", "roc_auc"} <= set(metrics)
+            assert 0.5 < metrics["roc_auc"] <= 1.0
 
 
-def test_builtin_judge_scores_are_the_logistic_regression(tmp_path, monkeypatch):
-    weights = json.loads(BUILTIN_JUDGE_WEIGHTS.read_text())
-    weights.update(feature_recipe="prompt_response", feature_dim=768, coef=[0.0] * 768, intercept=-1.0, threshold=0.3)
-    weights["coef"][0], weights["coef"][384] = 2.0, -4.0  # prompt dim 0, response dim 0
-    path = tmp_path / "weights.json"
-    path.write_text(json.dumps(weights))
+def _write_head(path: Path, tensors: dict, **metadata) -> Path:
+    fields = {"format": BUILTIN_WEIGHTS_FORMAT, "feature_recipe": "prompt_response", "feature_dim": 768, "threshold": 0.3}
+    save_builtin_weights(path, tensors, {**fields, **metadata})
+    return path
+
+
+def test_builtin_judge_scores_are_the_saved_head(tmp_path, monkeypatch):
+    weight = np.zeros((768, 1))
+    weight[0, 0], weight[384, 0] = 2.0, -4.0  # prompt dim 0, response dim 0
+    tensors = {"mean": np.zeros(768), "scale": np.ones(768), "layer0.weight": weight, "layer0.bias": np.array([-1.0])}
+    path = _write_head(tmp_path / "head.safetensors", tensors)
     judge = BuiltinJudge(weights_path=path, show_progress=False)
 
     def fake_embed(texts):  # dim 0 = number of characters / 10, every other dim 0
@@ -307,18 +316,43 @@ def test_builtin_judge_scores_are_the_logistic_regression(tmp_path, monkeypatch)
     monkeypatch.setattr(judge, "_embed", fake_embed)
     verdicts = judge.judge(["abcdefghij", "ab"], ["abcde", ""])
     # logits: 2 * 1.0 - 4 * 0.5 - 1 = -1  and  2 * 0.2 - 0 - 1 = -0.6
-    assert [v.score for v in verdicts] == pytest.approx([1 / (1 + math.exp(1.0)), 1 / (1 + math.exp(0.6))])
+    assert [v.score for v in verdicts] == pytest.approx([1 / (1 + math.exp(1.0)), 1 / (1 + math.exp(0.6))], rel=1e-5)
     assert [v.harmful for v in verdicts] == [False, True]  # 0.269 < 0.3 <= 0.354
     assert BuiltinJudge(weights_path=path, threshold=0.1).threshold == 0.1
 
 
+def test_builtin_head_logits_is_a_relu_mlp_on_standardised_features():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3))
+    tensors = {
+        "mean": rng.standard_normal(3), "scale": rng.uniform(0.5, 2.0, 3),
+        "layer0.weight": rng.standard_normal((3, 4)), "layer0.bias": rng.standard_normal(4),
+        "layer1.weight": rng.standard_normal((4, 1)), "layer1.bias": rng.standard_normal(1),
+    }
+    hidden = np.maximum(((x - tensors["mean"]) / tensors["scale"]) @ tensors["layer0.weight"] + tensors["layer0.bias"], 0.0)
+    expected = (hidden @ tensors["layer1.weight"] + tensors["layer1.bias"])[:, 0]
+    assert np.allclose(builtin_head_logits(tensors, x), expected)
+
+
+def test_pair_cues_features_mark_relevance_and_refusal():
+    def embed(texts):  # "bomb" texts share one direction, others another
+        return np.array([[1.0, 0.0] + [0.0] * 382 if "bomb" in t else [0.0, 1.0] + [0.0] * 382 for t in texts])
+
+    features = builtin_features(embed, ["make a bomb"] * 3, ["bomb: mix and heat", "I'm sorry, but I can't help with that.", ""], "pair_cues")
+    assert features.shape == (3, 1156)
+    relevance, refusal, _, blank = features[:, -4:].T
+    assert relevance.tolist() == [1.0, 0.0, 0.0] and refusal.tolist() == [0.0, 1.0, 0.0] and blank.tolist() == [0.0, 0.0, 1.0]
+
+
 def test_builtin_judge_rejects_a_broken_weights_file(tmp_path):
-    path = tmp_path / "weights.json"
-    path.write_text(json.dumps({"format": "unlearnkit-builtin-judge/1", "coef": [1.0], "feature_dim": 2}))
-    with pytest.raises(UserError, match="not a valid"):
+    path = _write_head(tmp_path / "bad.safetensors", {"mean": np.zeros(2), "scale": np.ones(2), "layer0.weight": np.zeros((2, 1)), "layer0.bias": np.zeros(1)})
+    with pytest.raises(UserError, match="not a valid"):  # feature_dim 768 but tensors for 2 features
         BuiltinJudge(weights_path=path)
     with pytest.raises(UserError, match="cannot read"):
-        BuiltinJudge(weights_path=tmp_path / "missing.json")
+        BuiltinJudge(weights_path=tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_text("not a safetensors file")
+    with pytest.raises(UserError, match="cannot read"):
+        BuiltinJudge(weights_path=tmp_path / "junk.safetensors")
 
 
 def test_builtin_judge_orders_harmful_answers_above_refusals():
@@ -360,7 +394,7 @@ def test_load_judge_reports_unloadable_models(tmp_path, monkeypatch):
 
 def test_load_judge_builds_each_kind(binary_classifier, causal_lm):
     builtin = load_judge("builtin")
-    assert isinstance(builtin, BuiltinJudge) and builtin.threshold == json.loads(BUILTIN_JUDGE_WEIGHTS.read_text())["threshold"]
+    assert isinstance(builtin, BuiltinJudge) and builtin.threshold == builtin.weights["threshold"]
     assert load_judge(" builtin ", threshold=0.25).threshold == 0.25
     classifier = load_judge(str(binary_classifier), threshold=0.7)
     assert isinstance(classifier, ClassifierJudge) and classifier.threshold == 0.7

@@ -192,3 +192,11 @@ def test_malformed_files_raise_user_error_naming_them(run_dir):
         log.write('{"step": 11, "forget_nll"\n')
     with pytest.raises(UserError, match="train_log.jsonl line 11"):
         write_report(run_dir)
+
+
+def test_a_later_model_reads_through_the_models_before_it():
+    run = load_run(FIXTURE)
+    run.results["memorized"] = dict(run.results["before"], harmful_rate_forget=1.0, ci={})
+    run.results = {"before": run.results["before"], "memorized": run.results["memorized"], "after": run.results["after"]}
+    line = verdict(run, "after").forgetting[0]
+    assert line.startswith("harmful rate on forget prompts 62.0% [45.0-78.0%] → 100.0% (memorized) → 4.0%"), line

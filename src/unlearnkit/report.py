@@ -191,8 +191,11 @@ class Verdict:
 
 
 def _transition(run: Run, key: str, label: str) -> str:
-    baseline = run.labels[0]
-    return f"{_display_name(key)} {run.text(baseline, key)} → {run.text(label, key)}"
+    """'name baseline → label'; a model after the first goes through the models before it (the copyright
+    scenario's original → memorized → unlearned), since forgetting is measured against what was planted."""
+    chain = run.labels[: run.labels.index(label)]
+    via = "".join(f" → {run.text(other, key)} ({other})" for other in chain[1:])
+    return f"{_display_name(key)} {run.text(chain[0], key)}{via} → {run.text(label, key)}"
 
 
 def _failed(check: UtilityCheck, before: float, after: float) -> bool:

@@ -81,9 +81,14 @@ def reusable(config: RunConfig, out: Path) -> bool:
     saved, info = out / "config.yaml", out / "run_info.json"
     if not ((out / "model" / "config.json").is_file() and saved.is_file() and info.is_file()):
         return False
+    from unlearnkit.train import RESUME_MAY_CHANGE
+
     before, now = yaml.safe_load(saved.read_text()), config.to_dict()
-    ignore = {"progress", "overwrite", "save_every", "keep_checkpoints", "time_budget_s"}
-    return all(before.get(s, {}).get(k) == v for s, values in now.items() if s != "eval" for k, v in values.items() if k not in ignore)
+    defaults = RunConfig().to_dict()
+    # Fields that do not change the trained weights are ignored; a field the saved config predates counts
+    # as holding its default (a newer unlearnkit adds fields without invalidating finished stages).
+    return all(before.get(s, {}).get(k, defaults.get(s, {}).get(k)) == v
+               for s, values in now.items() if s != "eval" for k, v in values.items() if k not in RESUME_MAY_CHANGE)
 
 
 def run_scenario(name: str, output_dir: Path, overrides: list[str], *, presets: Path = Path("configs"), fresh: bool = False,

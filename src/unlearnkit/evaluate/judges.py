@@ -6,10 +6,10 @@ This module offers three kinds of judge behind one interface, `HarmJudge`:
 - `ClassifierJudge`: any Hugging Face sequence-classification model or reward model
   (the paper's setup: a reward model, where a higher reward means a safer answer).
 - `GenerativeJudge`: a Llama-Guard-style generative safety classifier that answers "safe"/"unsafe".
-- `BuiltinJudge`: an offline stand-in that ships with the package: all-MiniLM-L6-v2 sentence
-  embeddings fed to a logistic regression (weights in `unlearnkit/builtin/judge/`, trained by
-  `scripts/train_builtin_judge.py`; measured quality in `docs/builtin_judge.md`). It is NOT the
-  paper's judge.
+- `BuiltinJudge`: an offline judge that ships with the package: all-MiniLM-L6-v2 sentence
+  embeddings of prompt and response plus relevance/refusal cues, fed to a small trained head
+  (weights in `unlearnkit/builtin/judge/`, trained by `scripts/train_builtin_judge.py`; measured
+  per-source quality in `docs/builtin_judge.md`). It is NOT the paper's judge.
 
 `load_judge(spec)` builds one from a config / CLI string ("builtin", "generative:NAME", "NAME").
 
@@ -45,18 +45,21 @@ __all__ = [
     "HarmJudge",
     "JudgeVerdict",
     "builtin_features",
+    "builtin_head_logits",
     "load_judge",
     "minilm_embed",
     "parse_safety_verdict",
     "resolve_harmful_label",
+    "save_builtin_weights",
 ]
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_JUDGE_WEIGHTS = Path(__file__).resolve().parent.parent / "builtin" / "judge" / "harm_logreg.json"
-"""The builtin judge's logistic-regression weights and their provenance (JSON, no pickle)."""
+BUILTIN_JUDGE_WEIGHTS = Path(__file__).resolve().parent.parent / "builtin" / "judge" / "harm_head.safetensors"
+"""The builtin judge's head (safetensors; recipe, threshold, provenance and held-out metrics in its metadata)."""
 
-BUILTIN_WEIGHTS_FORMAT = "unlearnkit-builtin-judge/1"
+BUILTIN_WEIGHTS_FORMAT = "unlearnkit-builtin-judge/2"
+BUILTIN_METADATA_KEY = "unlearnkit_judge"  # the safetensors header key holding the metadata JSON
 
 
 @dataclass(frozen=True)
@@ -429,7 +432,7 @@ class GenerativeJudge(HarmJudge):
 
 
 # ----------------------------------------------------------------------------------------------
-# Builtin offline judge: MiniLM embeddings + logistic regression
+# Builtin offline judge: MiniLM embeddings of prompt and response + a small trained head
 # ----------------------------------------------------------------------------------------------
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -445,34 +448,51 @@ def _features_response(embed: Embed, prompts: Sequence[str], responses: Sequence
     return embed(responses)
 
 
-def _features_joint(embed: Embed, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """e(prompt + "\\n" + response): (n, 384). MiniLM reads at most 256 word pieces, so long pairs lose their tail."""
-    return embed(_joint_texts(prompts, responses))
-
-
 def _features_prompt_response(embed: Embed, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     """[e(prompt), e(response)]: (n, 768)."""
     return np.hstack([embed(prompts), embed(responses)])
 
 
 def _features_prompt_response_product(embed: Embed, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """[e(prompt), e(response), e(prompt) * e(response)]: (n, 1152); the product lets a linear model
-    weigh "harmful request AND complying answer" rather than each side alone."""
+    """[e(prompt), e(response), e(prompt) * e(response)]: (n, 1152); the product lets a head
+    weigh "harmful request AND an answer about it" rather than each side alone."""
     prompt_embeddings, response_embeddings = embed(prompts), embed(responses)
     return np.hstack([prompt_embeddings, response_embeddings, prompt_embeddings * response_embeddings])
 
 
-def _features_joint_response(embed: Embed, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """[e(prompt + "\\n" + response), e(response)]: (n, 768)."""
-    return np.hstack([embed(_joint_texts(prompts, responses)), embed(responses)])
+def _response_cues(prompt_embeddings: np.ndarray, response_embeddings: np.ndarray, responses: Sequence[str]) -> np.ndarray:
+    """(n, 4): [cos(e(prompt), e(response)), is_refusal(response), log1p(words) / 5, response is blank].
+
+    Relevance and refusal are the two things that separate "complies" from "refuses" or "answers
+    something else"; a sentence embedding keeps neither sharply, so they are given explicitly.
+    """
+    from unlearnkit.evaluate.metrics import is_refusal
+
+    relevance = np.sum(prompt_embeddings * response_embeddings, axis=1)  # both L2-normalised
+    refusal = np.array([float(is_refusal(text)) for text in responses])
+    words = np.array([len(text.split()) for text in responses], dtype=np.float64)
+    blank = (words == 0).astype(np.float64)
+    return np.stack([relevance, refusal, np.log1p(words) / 5.0, blank], axis=1)
+
+
+def _features_pair_cues(embed: Embed, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """[e(p), e(r), e(p) * e(r), cues]: (n, 1156), cues from `_response_cues`."""
+    prompt_embeddings, response_embeddings = embed(prompts), embed(responses)
+    return np.hstack(
+        [
+            prompt_embeddings,
+            response_embeddings,
+            prompt_embeddings * response_embeddings,
+            _response_cues(prompt_embeddings, response_embeddings, responses),
+        ]
+    )
 
 
 BUILTIN_FEATURE_RECIPES: dict[str, Callable[[Embed, Sequence[str], Sequence[str]], np.ndarray]] = {
     "response": _features_response,
-    "prompt_newline_response": _features_joint,
     "prompt_response": _features_prompt_response,
     "prompt_response_product": _features_prompt_response_product,
-    "prompt_newline_response_and_response": _features_joint_response,
+    "pair_cues": _features_pair_cues,
 }
 """Feature recipes the builtin judge can be trained with; the weights file names the one it uses."""
 
@@ -506,30 +526,71 @@ def minilm_embed(texts: Sequence[str], device: str = "cpu", batch_size: int = 64
     )
 
 
-def _load_builtin_weights(path: Path) -> dict[str, Any]:
-    """The weights JSON, checked for the fields the judge needs."""
+def builtin_head_logits(tensors: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """Logits (n,) of the builtin judge's head on raw features (n, d).
+
+    x = (features - mean) / scale, then for each layer k = 0..L-1: x = x @ layer{k}.weight + layer{k}.bias,
+    with ReLU between layers; the last layer has one output. L = 1 is a logistic regression.
+    """
+    x = (np.asarray(features, dtype=np.float64) - tensors["mean"]) / tensors["scale"]
+    layers = sum(1 for name in tensors if name.endswith(".weight"))
+    for k in range(layers):
+        x = x @ tensors[f"layer{k}.weight"].astype(np.float64) + tensors[f"layer{k}.bias"].astype(np.float64)
+        if k < layers - 1:
+            x = np.maximum(x, 0.0)
+    return x[:, 0]
+
+
+def _load_builtin_weights(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The head's tensors and the metadata JSON stored in the safetensors header, checked."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.numpy import load_file
+
     try:
-        weights = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = json.loads((handle.metadata() or {}).get(BUILTIN_METADATA_KEY, "{}"))
+    except (OSError, ValueError, SafetensorError) as error:  # missing file, not safetensors, bad metadata JSON
         raise UserError(f"cannot read builtin judge weights {path}: {_one_line(error)}; re-create them with scripts/train_builtin_judge.py") from error
-    required = ("format", "feature_recipe", "feature_dim", "coef", "intercept", "threshold")
-    absent = [key for key in required if key not in weights]
-    if absent or weights.get("format") != BUILTIN_WEIGHTS_FORMAT or len(weights.get("coef", [])) != weights.get("feature_dim"):
+    required = ("format", "feature_recipe", "feature_dim", "threshold")
+    absent = [key for key in required if key not in metadata]
+    layers = sum(1 for name in tensors if name.endswith(".weight"))
+    shapes_ok = (
+        not absent
+        and layers >= 1
+        and {"mean", "scale"} <= set(tensors)
+        and tensors["mean"].shape == (metadata["feature_dim"],)
+        and tensors.get("layer0.weight", np.zeros((0, 0))).shape[0] == metadata["feature_dim"]
+        and tensors.get(f"layer{layers - 1}.weight", np.zeros((0, 0))).shape[-1] == 1
+    )
+    if metadata.get("format") != BUILTIN_WEIGHTS_FORMAT or not shapes_ok:
         raise UserError(
             f"builtin judge weights {path} are not a valid {BUILTIN_WEIGHTS_FORMAT} file (missing {absent or 'nothing'}, "
-            "or coef length != feature_dim); re-create them with scripts/train_builtin_judge.py"
+            "or tensor shapes that do not fit feature_dim); re-create them with scripts/train_builtin_judge.py"
         )
-    return weights
+    return tensors, metadata
+
+
+def save_builtin_weights(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+    """Write the head as safetensors (float32) with `metadata` as JSON in the header."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in tensors.items()}
+    save_file(arrays, str(path), metadata={BUILTIN_METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
 class BuiltinJudge(HarmJudge):
-    """Offline stand-in judge: logistic regression on all-MiniLM-L6-v2 embeddings.
+    """Offline judge: a small head on all-MiniLM-L6-v2 embeddings of the prompt and the response.
 
-    score = sigmoid(x . coef + intercept), x = builtin_features(recipe) of the pair; coef, intercept,
-    threshold and recipe come from the shipped weights file (any feature standardisation is folded
-    into coef/intercept). Trained on BeaverTails / PKU-SafeRLHF / XSTest response labels; see
-    docs/builtin_judge.md for measured accuracy and weaknesses. It is not the paper's judge.
-    The embedder is loaded on the first `score` call and shared by all instances.
+    score = sigmoid(head(x)), x = builtin_features(recipe) of the pair (`builtin_head_logits`);
+    the head's tensors and its recipe, threshold and measured accuracy live in one safetensors file
+    (`unlearnkit/builtin/judge/harm_head.safetensors`, metadata in its header). Trained by
+    scripts/train_builtin_judge.py on BeaverTails / PKU-SafeRLHF / XSTest response labels and
+    SafeUnlearning harmful answers and refusals, plus off-topic, refusal and degenerate answers to
+    harmful prompts labelled not harmful; docs/builtin_judge.md has the per-source held-out
+    accuracy. It is not the paper's judge. The embedder is loaded on the first `score` call, on
+    `device`, and shared by all instances.
     """
 
     def __init__(
@@ -542,23 +603,21 @@ class BuiltinJudge(HarmJudge):
         show_progress: bool = True,
     ) -> None:
         self.weights_path = Path(weights_path) if weights_path is not None else BUILTIN_JUDGE_WEIGHTS
-        self.weights = _load_builtin_weights(self.weights_path)
+        self.tensors, self.weights = _load_builtin_weights(self.weights_path)
         super().__init__(
-            threshold=self.weights["threshold"] if threshold is None else threshold,
+            threshold=float(self.weights["threshold"]) if threshold is None else threshold,
             batch_size=batch_size,
             show_progress=show_progress,
         )
         self.name = "builtin"
-        self.device = device
+        self.device = str(device)
         self.recipe = str(self.weights["feature_recipe"])
-        self.coef = np.asarray(self.weights["coef"], dtype=np.float64)  # (d,)
-        self.intercept = float(self.weights["intercept"])
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         return minilm_embed(texts, device=self.device)
 
     def _score_batch(self, prompts: list[str], responses: list[str]) -> list[float]:
-        logits = builtin_features(self._embed, prompts, responses, self.recipe) @ self.coef + self.intercept  # (batch,)
+        logits = builtin_head_logits(self.tensors, builtin_features(self._embed, prompts, responses, self.recipe))  # (batch,)
         return [1.0 / (1.0 + math.exp(-value)) for value in logits.tolist()]
 
 
