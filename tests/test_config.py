@@ -261,7 +261,8 @@ def test_describe_fields_mentions_every_field() -> None:
 
 
 def test_every_shipped_config_loads() -> None:
-    paths = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+    # configs/accelerate/ holds accelerate's own launch configs, not run configs.
+    paths = sorted(p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.relative_to(REPO_ROOT / "configs").parts)
     assert len(paths) >= 10 and any(p.parent.name == "paper" for p in paths)
     for path in paths:
         if path.parent.name == "bench":  # benchmark presets: a `bench` section plus the run keys

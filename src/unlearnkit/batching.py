@@ -216,3 +216,25 @@ def padded_positions(step: StepBatch, groups: list[str]) -> int:
     """Positions the old single padded batch computed for these groups: rows x longest row."""
     rows = [len(ids) for g in groups for ids, _ in step.sequences[step.slices[g]]]
     return len(rows) * max(rows) if rows else 0
+
+
+def shard_step(step: StepBatch, rank: int, world: int) -> StepBatch:
+    """This process's share of a step in a data-parallel run: the ``rank``-th of ``world`` equal,
+    contiguous parts of every group.
+
+    Groups are laid out per forget example (forget i; its K mismatch answers at i*K..i*K+K-1; normal
+    row i of B), so contiguous equal parts keep each forget prompt with its own mismatch answers, and
+    the processes together hold exactly the one-process step: same draws, same order.
+    """
+    if world == 1:
+        return step
+    sequences, slices, start = [], {}, 0
+    for group, where in step.slices.items():
+        rows = step.sequences[where]
+        if len(rows) % world:
+            raise ValueError(f"group {group} has {len(rows)} sequences, not divisible by {world} processes")
+        share = len(rows) // world
+        sequences.extend(rows[rank * share:(rank + 1) * share])
+        slices[group] = slice(start, start + share)
+        start += share
+    return StepBatch(sequences, slices, step.pad_id)

@@ -1,6 +1,8 @@
 """Command line: ``unlearnkit run | demo | eval | judge | report | scenario | bench | methods``.
 
 Bad input ends with one line on stderr naming the problem and the fix, exit status 2, no traceback.
+A run stopped by SIGTERM/SIGINT checkpoints and exits 128 + the signal (143 / 130); a diverged run
+(non-finite loss or gradient) exits 3. Both print one line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def run_and_evaluate(config, resume: bool = False, table_keys: tuple[str, ...] |
         resolve_device(config.eval)
         judge = load_judge(config.eval.judge, config.eval.judge_threshold)
     result = train(config, resume=resume)
+    if not result.is_main_process:
+        return {}  # multi-process run: the main process reports and evaluates
     print(f"unlearned for {result.steps} steps ({result.stop_reason}) in {result.seconds:.1f}s -> {result.output_dir}")
     if result.last_log:
         last = result.last_log
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except UserError as exc:
         print(f"unlearnkit: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("unlearnkit: interrupted (use --resume to continue from the last checkpoint)", file=sys.stderr)
         return 130

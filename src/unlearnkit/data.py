@@ -50,7 +50,19 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local .jsonl / .json (list or JSON lines) / .csv / .parquet file."""
+    """Rows of a local .jsonl / .json (list or JSON lines) / .csv / .parquet file.
+
+    A file that is not UTF-8 text (binary, another encoding) or cannot be read ends in one UserError line."""
+    try:
+        return _read_table(path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start}); give a UTF-8 "
+                        ".jsonl/.json/.csv file or a .parquet file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}; check the path and its permissions") from None
+
+
+def _read_table(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path)
@@ -67,6 +79,8 @@ def read_table(path: Path) -> list[dict[str, Any]]:
         return _read_jsonl(path)
     import pandas as pd
 
+    if suffix == ".csv":
+        path.read_bytes().decode("utf-8")  # a binary or non-UTF-8 file: named as such, not as a CSV parse error
     try:
         frame = pd.read_csv(path, keep_default_na=False, dtype=str) if suffix == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas raises many types; the message is what the user needs

@@ -169,12 +169,18 @@ def compute_terms(
     row_tokens: int = DEFAULT_ROW_TOKENS,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     hidden_layer: int | None = None,
+    token_mean: Callable[[int], float] | None = None,
 ) -> StepTerms:
     """The loss terms ``needs`` asks for, from one packed policy forward (+ one reference forward).
 
     ``needs`` is a StepNeeds or anything with the same attributes (nll_groups, reference_nll_groups,
     kl_group, hidden_groups, reference; shared_prompt optional). ``hidden_layer``: the layer whose
     hidden states ``hidden_groups`` reads.
+
+    ``token_mean`` (data-parallel runs): maps this process's count of KL tokens to the mean count over
+    all processes. The KL is then sum / mean_count, so that the mean of the processes' KL terms (what
+    DDP's gradient averaging takes) is the KL averaged over every valid token of the global step,
+    exactly as one process computes it. Default: this process's own count (one process).
     """
     needs = needs or default_needs(step, reference is not None)
     shared = getattr(needs, "shared_prompt", StepNeeds.shared_prompt)
@@ -230,8 +236,33 @@ def compute_terms(
 
             policy_reads, reference_reads = packed.token_reads[needs.kl_group], ref_packed.token_reads[needs.kl_group]
             values = _in_chunks(kl_rows, (_gather(hidden, policy_reads), _gather(ref_hidden, reference_reads)), chunk_tokens)
-            terms.kl = masked_mean(values)
+            if token_mean is None:
+                terms.kl = masked_mean(values)
+            else:
+                mean_count = token_mean(values.numel())
+                terms.kl = values.float().sum() / (mean_count if mean_count > 0 else 1.0)
     return terms
+
+
+class StepModule(torch.nn.Module):
+    """The policy as one module whose forward is ``compute_terms``: what accelerate prepares (wraps in
+    DDP). DDP synchronises gradients only for computations that run through its own forward, and the
+    packed step calls the decoder body and head directly, so the whole step must be that forward.
+
+    The reference is held outside the module tree: DDP would otherwise broadcast the frozen copy and
+    count it among the model's parameters; with LoRA it is ``policy`` itself with the adapter off, so
+    ``disable_adapter`` is called on the peft model, never on the DDP wrapper.
+    """
+
+    def __init__(self, policy: torch.nn.Module, reference: Reference | None) -> None:
+        super().__init__()
+        self.policy = policy
+        self._reference = [reference]  # a list: not registered as a submodule
+
+    def forward(self, step: StepBatch, needs: Any, row_tokens: int = DEFAULT_ROW_TOKENS, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                token_mean: Callable[[int], float] | None = None, hidden_layer: int | None = None) -> StepTerms:
+        return compute_terms(self.policy, self._reference[0], step, needs, row_tokens=row_tokens, chunk_tokens=chunk_tokens,
+                             token_mean=token_mean, hidden_layer=hidden_layer)
 
 
 def step_positions(step: StepBatch, needs: Any, row_tokens: int = DEFAULT_ROW_TOKENS) -> dict[str, Any]:

@@ -4,23 +4,34 @@ Each step runs ONE packed policy forward/backward over the step's sequences and,
 reads the original model, one no-grad reference forward over just the groups it needs (the step
 engine: unlearnkit.step). Checkpoints hold the trainable weights, optimizer, scheduler, RNG
 state and stop-rule state; the batch of a step is a pure function of (seed, step), so a run resumed from
-a checkpoint (even after kill -9) ends with the same weights as an uninterrupted one on CPU.
+a checkpoint (even after kill -9) ends with the same weights as an uninterrupted one on CPU
+(checkpoint format: unlearnkit.checkpoint).
+
+Data parallel (``accelerate launch``, DDP): every process builds the whole step and takes its equal
+share (batching.shard_step); the prepared module is the step itself (step.StepModule), so DDP averages
+the gradients of the packed forward; loss terms, stop rules, signals and the non-finite check use
+values reduced over processes; only the main process writes. Faults: SIGTERM/SIGINT checkpoint and
+raise RunInterrupted; a non-finite loss/gradient raises TrainingDiverged before the update; write
+failures of the output folder become one UserError line (output_errors).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from unlearnkit import __version__
 from unlearnkit.config import MethodConfig, RunConfig, save_config
@@ -34,7 +45,18 @@ from unlearnkit.data import (
     pad_id_of,
     tokenize_qa,
 )
-from unlearnkit.errors import UserError
+from unlearnkit.batching import shard_step
+from unlearnkit.checkpoint import (  # noqa: F401  (re-exported: the checkpoint API lived here)
+    RESUME_MAY_CHANGE,
+    TrainState,
+    check_resume_config,
+    checkpoints,
+    load_checkpoint,
+    load_trainable,
+    save_checkpoint,
+    truncate_log,
+)
+from unlearnkit.errors import RunInterrupted, TrainingDiverged, UserError
 from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, resolve_needs
 from unlearnkit.own_answers import model_fingerprint, own_answers
 from unlearnkit.modeling import (
@@ -51,23 +73,7 @@ from unlearnkit.modeling import (
     save_merged,
     trainable_state,
 )
-from unlearnkit.step import compute_terms, set_attention  # noqa: F401  (compute_terms: the step, re-exported)
-
-# Fields that may differ between an interrupted run and its resume without changing its result.
-# (attention, pack_tokens, logit_chunk change how the step is computed, not what: only float rounding.)
-RESUME_MAY_CHANGE = {"time_budget_s", "progress", "save_every", "keep_checkpoints", "overwrite", "attention", "pack_tokens",
-                     "logit_chunk"}
-
-
-@dataclass
-class TrainState:
-    """Everything besides tensors that a checkpoint must restore."""
-
-    step: int = 0  # optimizer steps done
-    stop_at: int | None = None  # set once the forget-NLL threshold is crossed
-    train_seconds: float = 0.0
-    stop_reason: str = ""
-
+from unlearnkit.step import StepModule, compute_terms, set_attention  # noqa: F401  (compute_terms: the step, re-exported)
 
 @dataclass
 class TrainResult:
@@ -76,6 +82,7 @@ class TrainResult:
     stop_reason: str
     seconds: float
     last_log: dict[str, Any] = field(default_factory=dict)
+    is_main_process: bool = True  # False on the other processes of an `accelerate launch` run (they write nothing)
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -132,90 +139,53 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
     )
 
 
-def prepare_output_dir(config: RunConfig, resume: bool) -> Path:
+def check_output_writable(output_dir: str) -> None:
+    """Refuse, before anything loads, an output folder that cannot be written: under a file, or in a
+    folder this user may not write (probed by creating and removing a temporary file)."""
+    out = Path(output_dir).expanduser()
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"output_dir {output_dir} is under {existing}, which is a file, not a folder; choose another output_dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f"output_dir {output_dir} is not writable ({exc.strerror} in {existing}); choose a writable output_dir") from None
+
+
+def prepare_output_dir(config: RunConfig, resume: bool, create: bool = True) -> Path:
+    """Check the output folder (every process) and, with ``create``, make it (the main process)."""
     out = Path(config.train.output_dir).expanduser()
     check_output_dir(str(out), config.model.name)
     saved = out / "config.yaml"
     if resume and saved.is_file():
-        _check_resume_config(config, saved)
+        check_resume_config(config, saved)
     elif out.exists() and any(out.iterdir()) and not config.train.overwrite and not resume:
         raise UserError(f"output_dir {out} is not empty; pass --resume to continue that run, overwrite=true, or another output_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 
-def _check_resume_config(config: RunConfig, saved: Path) -> None:
-    before = yaml.safe_load(saved.read_text())
-    now = config.to_dict()
-    for section, values in now.items():
-        for key, value in values.items():
-            if key not in RESUME_MAY_CHANGE and section != "eval" and before.get(section, {}).get(key) != value:
-                raise UserError(
-                    f"--resume with a different {section}.{key} ({before.get(section, {}).get(key)!r} -> {value!r}) "
-                    "would not continue the same run; use the original value or a new output_dir"
-                )
+# Write failures of the output folder that the user fixes (space, permissions), not bugs.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EFBIG}
 
 
-# ------------------------------------------------------------------------------------------- checkpoints
-def _checkpoints(out: Path) -> list[Path]:
-    folder = out / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState, keep: int) -> Path:
-    """Write checkpoints/step-N atomically (temp folder + rename) and prune old ones."""
-    from safetensors.torch import save_file
-
-    folder = out / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-    save_file(trainable_state(model), str(staging / "trainable.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
-         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        staging / "optimizer.pt",
-    )
-    # state.json is written last: a folder without it is never taken as a checkpoint.
-    (staging / "state.json").write_text(json.dumps(state.__dict__))
-    target = folder / f"step-{state.step}"
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    for old in _checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-
-
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
-    from safetensors.torch import load_file
-
-    load_trainable(model, load_file(str(path / "trainable.safetensors")))
-    extra = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["rng_cpu"])
-    if extra.get("rng_cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(extra["rng_cuda"])
-    return TrainState(**json.loads((path / "state.json").read_text()))
-
-
-def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint: the resumed run writes them again."""
-    if not log_path.is_file():
-        return
-    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    log_path.write_text("".join(line + "\n" for line in kept))
-
+@contextlib.contextmanager
+def output_errors(out: Path) -> Any:
+    """Turn a failed write under ``out`` (disk full, read-only, no permission) into one UserError line.
+    Writers stage into temporary folders and rename, so what failed leaves nothing partial behind."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        where = exc.filename or out
+        fix = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "make it writable"
+        raise UserError(f"cannot write {where}: {exc.strerror}; {fix} or choose another output_dir, then rerun "
+                        "with --resume (the last complete checkpoint is kept)") from None
 
 def _scalar(x: torch.Tensor | None) -> float | None:
     return None if x is None else float(x.detach().float().mean())
@@ -260,10 +230,42 @@ class Run:
     base_held_in_bf16: bool = False  # LoRA base weights stored in bf16 (merged output rebuilt in float32)
     # What each step computes: the method's needs with the run's regularizer (methods.resolve_needs).
     needs: Needs = field(default_factory=Needs)
+    engine: torch.nn.Module | None = None  # the prepared StepModule (DDP-wrapped in a multi-process run)
+    session_seconds: float = 0.0  # training seconds of this invocation (what time_budget_s limits)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def reduce(self, values: list[float], op: str = "mean") -> list[float]:
+        """``values`` combined over processes (mean or max); themselves in a one-process run. Every
+        decision (stop rules, faults) is taken on reduced values, so all processes take it together."""
+        if self.world == 1:
+            return list(values)
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        if op == "mean":
+            tensor /= self.world
+        return tensor.tolist()
 
     @property
     def hidden_layer(self) -> int | None:
         return hidden_layer_of(self.config.method, self.needs)
+
+    def token_mean(self, count: int) -> float:
+        """Mean over processes of a per-process token count (normalises the KL; see compute_terms)."""
+        return self.reduce([float(count)])[0]
+
+
+def _refuse_sharding(kind: str) -> None:
+    raise UserError(f"accelerate distributed_type {kind} is not supported yet: checkpoints and the exported model would "
+                    "hold sharded state; use configs/accelerate/ddp.yaml (with lora=true for 7B+ models, see README Scaling out)")
 
 
 def hidden_layer_of(config: MethodConfig, needs: Needs) -> int | None:
@@ -273,7 +275,10 @@ def hidden_layer_of(config: MethodConfig, needs: Needs) -> int | None:
 
 
 def set_up(config: RunConfig, resume: bool) -> Run:
-    """Data, model (+ LoRA, dropout off, attention path), reference, optimizer, and the state to start from."""
+    """Data, model (+ LoRA, dropout off, attention path), reference, optimizer, and the state to start from.
+
+    In a multi-process run (``accelerate launch``) every process builds the same model and the same
+    step batcher; only the main process creates and writes the output folder (the others wait)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -281,13 +286,29 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     t = config.train
     method = METHODS[config.method.name]
     needs = resolve_needs(method, config.method)
+    # Sharded launches are refused before accelerate starts (under FSDP on a machine without GPUs
+    # accelerate itself would fail with a traceback).
+    launched = [name for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED"))
+                if os.environ.get(var, "").lower() in ("1", "true", "yes")]
+    if launched:
+        _refuse_sharding(launched[0])
+    accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
+    sharding = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if sharding in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        _refuse_sharding(sharding)
+    if t.batch_size % accelerator.num_processes:
+        raise UserError(f"batch_size={t.batch_size} is the global batch and must divide evenly over {accelerator.num_processes} "
+                        f"processes; use a multiple of {accelerator.num_processes}")
     # Everything that can fail on bad input happens before the output folder is touched.
     tokenizer = load_tokenizer(config.model)
     load_run_data(config, method)
     check_output_dir(t.output_dir, config.model.name)
+    check_output_writable(t.output_dir)
+    prepare_output_dir(config, resume, create=False)
     set_seed(t.seed)
     model = load_model(config.model)
-    batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update (own answers)
+    with accelerator.main_process_first():  # the main process fills the own-answers cache, the others read it
+        batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update (own answers)
     if needs.hidden_states:
         layers = len(decoder_layers(model)[1])
         if config.method.rmu_layer >= layers:
@@ -297,7 +318,11 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     if config.method.name == "rmu" and config.method.rmu_params == "mlp_out":
         layer = config.method.rmu_layer
         train_only_mlp_out(model, list(range(max(0, layer - 2), layer + 1)))
-    out = prepare_output_dir(config, resume)  # after every check that can fail on bad input
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
+    out = Path(t.output_dir).expanduser()
+    if accelerator.is_main_process:
+        with output_errors(out):
+            prepare_output_dir(config, resume)  # after every check that can fail on bad input
 
     # Dropout off in the policy and (being the same module or a copy of it) in the reference: the KL
     # compares them token by token and must be 0 before the first update.
@@ -313,62 +338,94 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     # Fused AdamW: one kernel over all parameters instead of ~10 elementwise passes (CPU and CUDA).
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
-    accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # The step module (policy + the step) is what gets prepared: under DDP its forward is the whole packed step.
+    engine, optimizer = accelerator.prepare(StepModule(model, reference), optimizer)
     if reference is not None and reference.frozen is not None:
         reference.frozen.to(accelerator.device)
 
     state = TrainState()
     log_path = out / "train_log.jsonl"
-    checkpoints = _checkpoints(out) if resume else []
-    if checkpoints:
-        state = load_checkpoint(checkpoints[-1], accelerator.unwrap_model(model), optimizer, scheduler)
-        _truncate_log(log_path, state.step)
-    else:
-        log_path.write_text("")
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    save_config(config, out / "config.yaml")
-    return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, params, out, state, log_path,
-               base_held_in_bf16, needs)
+    found = checkpoints(out) if resume else []
+    if found:
+        state = load_checkpoint(found[-1], model, optimizer, scheduler)
+    accelerator.wait_for_everyone()  # every process has read the checkpoint before the main one trims or clears
+    if accelerator.is_main_process:
+        with output_errors(out):
+            if found:
+                truncate_log(log_path, state.step)
+            else:
+                log_path.write_text("")
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            save_config(config, out / "config.yaml")
+    accelerator.wait_for_everyone()
+    trained = [p for p in engine.parameters() if p.requires_grad]  # the prepared module's own (clipping under DDP/FSDP)
+    return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, trained, out, state, log_path,
+               base_held_in_bf16, needs, engine)
 
 
 # ------------------------------------------------------------------------------------------- one step
 def train_step(run: Run) -> dict[str, Any]:
-    """One optimizer step on the batch of step ``run.state.step``; returns its log row."""
+    """One optimizer step on this process's share of the batch of step ``run.state.step``; returns its
+    log row (loss terms averaged over processes). Raises TrainingDiverged, before any update, when the
+    loss or the gradient norm is not finite."""
     t = run.config.train
     started = time.perf_counter()
-    step_batch = run.batcher(run.state.step)
+    step_batch = shard_step(run.batcher(run.state.step), run.accelerator.process_index, run.world)
+    engine = run.engine if run.engine is not None else StepModule(run.model, run.reference)
     with run.accelerator.autocast():
-        terms = compute_terms(run.model, run.reference, step_batch, run.needs.step_needs,
-                              row_tokens=t.pack_tokens, chunk_tokens=t.logit_chunk, hidden_layer=run.hidden_layer)
+        terms = engine(step_batch, run.needs.step_needs, t.pack_tokens, t.logit_chunk,
+                       token_mean=run.token_mean if run.world > 1 else None, hidden_layer=run.hidden_layer)
         loss = run.method.combine(terms, run.config.method)
     run.accelerator.backward(loss)
+    # The gradient norm is always taken (max_grad_norm=0: no clipping) so that a non-finite one is caught.
     if t.max_grad_norm > 0:
-        run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm)
+        grad_norm = run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.params if p.grad is not None])
+    local = [_scalar(terms.forget_nll), _scalar(terms.mismatch_nll), _scalar(terms.kl), float(loss.detach()),
+             float(step_batch.num_tokens)]
+    forget_nll, mismatch_nll, kl, loss_value, tokens = run.reduce([x if x is not None else 0.0 for x in local])
+    grad_norm = float(grad_norm) if grad_norm is not None else 0.0
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        run.optimizer.zero_grad(set_to_none=True)
+        found = checkpoints(run.out)
+        kept = f"the last good checkpoint {found[-1]} is kept" if found else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"step {run.state.step + 1}: the loss is {loss_value} and the gradient norm {grad_norm} (not finite); no update "
+            f"was applied and no model written, {kept}; lower lr (now {t.lr}), set max_grad_norm (e.g. 1.0) or use "
+            "precision=fp32, then rerun with overwrite=true or a new output_dir"
+        )
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    elapsed = time.perf_counter() - started
+    elapsed = run.reduce([time.perf_counter() - started], op="max")[0]  # the slowest process sets the pace
     run.state.step += 1
     run.state.train_seconds += elapsed
+    run.session_seconds += elapsed
     return {
-        "step": run.state.step, "forget_nll": _scalar(terms.forget_nll), "mismatch_nll": _scalar(terms.mismatch_nll),
-        "kl": _scalar(terms.kl), "loss": float(loss.detach()), "lr": lr,
+        "step": run.state.step, "forget_nll": forget_nll, "mismatch_nll": mismatch_nll if local[1] is not None else None,
+        "kl": kl if local[2] is not None else None, "loss": loss_value, "grad_norm": grad_norm, "lr": lr,
         **{f"{'retain' if g == 'normal' else g}_nll": _scalar(terms.mean_nll(g)) for g in ("normal", "preferred") if g in terms.nll_sum},
         **terms.logged,  # the method's own loss parts (npo_loss, dpo_loss, rmu_*_mse, ...)
-        "tokens_per_s": step_batch.num_tokens / elapsed, "step_time_s": elapsed,
+        "tokens_per_s": tokens * run.world / elapsed, "step_time_s": elapsed,
     }
 
 
 # ------------------------------------------------------------------------------------------- stop rules
-def stop_reason(state: TrainState, t: Any) -> str:
-    """Why the run stops before its next step ('' = keep going)."""
+def stop_reason(state: TrainState, t: Any, session_seconds: float | None = None) -> str:
+    """Why the run stops before its next step ('' = keep going).
+
+    ``time_budget_s`` limits each invocation (``session_seconds``, default the run's total): a run
+    that stopped on its budget and is resumed gets a fresh budget and continues; max_steps and the
+    threshold rule count over the whole run.
+    """
     if state.step >= t.max_steps:
         return "max_steps"
     if state.stop_at is not None and state.step >= state.stop_at:
         return f"forget NLL passed {t.forget_threshold}, then {t.continue_factor}x more steps"
-    if t.time_budget_s is not None and state.train_seconds >= t.time_budget_s:
+    seconds = state.train_seconds if session_seconds is None else session_seconds
+    if t.time_budget_s is not None and seconds >= t.time_budget_s:
         return f"time budget {t.time_budget_s}s"
     return ""
 
@@ -380,11 +437,26 @@ def update_threshold_rule(state: TrainState, t: Any, forget_nll: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- saving
+def write_checkpoint(run: Run) -> None:
+    """The main process writes the checkpoint of the current step; the others wait for it."""
+    if run.is_main:
+        with output_errors(run.out):
+            save_checkpoint(run.out, run.model, run.optimizer, run.scheduler, run.state, run.config.train.keep_checkpoints)
+    run.accelerator.wait_for_everyone()
+
+
 def save_outputs(run: Run) -> None:
-    """Final checkpoint, the model (merged and/or adapter) with its card, and run_info.json."""
+    """Final checkpoint, the model (merged and/or adapter) with its card, and run_info.json (main process)."""
+    write_checkpoint(run)
+    if run.is_main:
+        with output_errors(run.out):
+            _save_model(run)
+    run.accelerator.wait_for_everyone()
+
+
+def _save_model(run: Run) -> None:
     t, state = run.config.train, run.state
-    policy = run.accelerator.unwrap_model(run.model)
-    save_checkpoint(run.out, policy, run.optimizer, run.scheduler, state, t.keep_checkpoints)
+    policy = run.model
     policy.eval()
     card = model_card(run.config, state.step, state.stop_reason)
     if t.save_mode in ("adapter", "both"):
@@ -393,11 +465,38 @@ def save_outputs(run: Run) -> None:
         if run.base_held_in_bf16:
             # The base was held in bf16 for training only: merge the adapter into the float32 original.
             policy = add_lora(load_model(run.config.model), run.config.model)
-            load_trainable(policy, trainable_state(run.accelerator.unwrap_model(run.model)))
+            load_trainable(policy, trainable_state(run.model))
         save_merged(policy, run.tokenizer, run.out / "model", card)
     info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
-            "train_seconds": state.train_seconds, "torch_version": torch.__version__}
+            "train_seconds": state.train_seconds, "processes": run.world, "torch_version": torch.__version__}
     (run.out / "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+# ------------------------------------------------------------------------------------------- signals
+class StopSignals:
+    """While training, SIGTERM and SIGINT (a cluster pre-empting the job, Ctrl-C) only set a flag; the
+    loop checkpoints after the step in progress and stops. A second SIGINT interrupts at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -407,28 +506,46 @@ def train(
     resume: bool = False,
     on_step_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Run unlearning as configured; returns where the outputs are. Raises UserError on bad input."""
+    """Run unlearning as configured; returns where the outputs are.
+
+    Raises UserError on bad input or an unwritable/full output folder, RunInterrupted after writing a
+    checkpoint when SIGTERM/SIGINT arrives, TrainingDiverged on a non-finite loss or gradient norm.
+    """
     from tqdm.auto import tqdm
 
-    run = set_up(config, resume)
-    t, state = config.train, run.state
-    bar = tqdm(total=t.max_steps, initial=state.step, desc="unlearning", disable=not t.progress, dynamic_ncols=True)
-    last: dict[str, Any] = {}
-    with run.log_path.open("a") as log:
-        while True:
-            state.stop_reason = stop_reason(state, t)
-            if state.stop_reason:
-                break
-            last = train_step(run)
-            update_threshold_rule(state, t, last["forget_nll"])
-            log.write(json.dumps(last) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(forget_nll=f"{last['forget_nll']:.3f}", kl=f"{last['kl'] or 0:.4f}")
-            if t.save_every and state.step % t.save_every == 0:
-                save_checkpoint(run.out, run.accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, state, t.keep_checkpoints)
-            if on_step_end is not None:
-                on_step_end(state.step)
-    bar.close()
-    save_outputs(run)
-    return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last)
+    with StopSignals() as signals:
+        run = set_up(config, resume)
+        t, state = config.train, run.state
+        bar = tqdm(total=t.max_steps, initial=state.step, desc="unlearning", disable=not t.progress or not run.is_main,
+                   dynamic_ncols=True)
+        last: dict[str, Any] = {}
+        with contextlib.ExitStack() as files:
+            files.enter_context(output_errors(run.out))
+            log = files.enter_context(run.log_path.open("a")) if run.is_main else None  # the main process writes
+            while True:
+                received = int(run.reduce([float(signals.received)], op="max")[0])
+                if received:
+                    if state.step:
+                        write_checkpoint(run)
+                    bar.close()
+                    name = signal.Signals(received).name
+                    saved = f"checkpoint step-{state.step} written in {run.out / 'checkpoints'}" if state.step else "no step was done"
+                    raise RunInterrupted(f"{name} received: stopped after step {state.step}, {saved}; continue with "
+                                         "`unlearnkit run --resume` and the same config", received)
+                state.stop_reason = stop_reason(state, t, run.session_seconds)
+                if state.stop_reason:
+                    break
+                last = train_step(run)
+                update_threshold_rule(state, t, last["forget_nll"])
+                if log is not None:
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                bar.update(1)
+                bar.set_postfix(forget_nll=f"{last['forget_nll']:.3f}", kl=f"{last['kl'] or 0:.4f}")
+                if t.save_every and state.step % t.save_every == 0:
+                    write_checkpoint(run)
+                if on_step_end is not None:
+                    on_step_end(state.step)
+        bar.close()
+        save_outputs(run)
+    return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last, run.is_main)
