@@ -53,11 +53,13 @@ def peak_rss_mib() -> float:
 
 def _positions(config, steps: int) -> dict[str, float]:
     from unlearnkit.methods import METHODS
-    from unlearnkit.modeling import load_tokenizer
+    from unlearnkit.modeling import load_model, load_tokenizer
     from unlearnkit.train import prepare_data
 
     method = METHODS[config.method.name]
-    batcher = prepare_data(config, load_tokenizer(config.model), method)
+    # normal_answers=self: the original model's answers (cached by the timed run) are the normal data.
+    original = load_model(config.model) if config.data.normal_answers == "self" else None
+    batcher = prepare_data(config, load_tokenizer(config.model), method, original_model=original)
     try:  # the packed engine, when this checkout has it
         from unlearnkit.step import step_positions
     except ImportError:
