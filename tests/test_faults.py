@@ -3,6 +3,8 @@ stop resumes, checkpoints never unpickle, bad input files and unwritable/full ou
 
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import json
 import os
@@ -104,7 +106,7 @@ def _diverging(after_steps: int) -> Method:
         loss = base.combine(terms, config)
         return loss * float("nan") if calls["n"] > after_steps else loss
 
-    return Method(combine, base.mismatch_source, base.uses_kl, base.summary)
+    return dataclasses.replace(base, combine=combine)
 
 
 def test_non_finite_loss_stops_keeps_last_good_checkpoint_and_writes_no_model(tiny_model_dir, qa_files, tmp_path, monkeypatch):
@@ -134,7 +136,7 @@ class _NanGradient(torch.autograd.Function):
 
 def test_non_finite_gradient_with_finite_loss_stops_too(tiny_model_dir, qa_files, tmp_path, monkeypatch):
     base = METHODS["ga"]
-    monkeypatch.setitem(METHODS, "ga", Method(lambda t, c: _NanGradient.apply(base.combine(t, c)), None, False, base.summary))
+    monkeypatch.setitem(METHODS, "ga", dataclasses.replace(base, combine=lambda t, c: _NanGradient.apply(base.combine(t, c))))
     out = tmp_path / "out"
     with pytest.raises(TrainingDiverged) as caught:
         train(load_config(None, common(tiny_model_dir, qa_files, "method=ga", "max_steps=3", f"output_dir={out}")))
