@@ -207,6 +207,25 @@ def test_packing_computes_each_forget_prompt_once(chatml_tokenizer):
     assert packed.num_positions < step.num_tokens < padded_positions(step, groups)
 
 
+def test_rows_are_balanced_when_one_full_row_would_leave_a_short_one():
+    from unlearnkit.batching import _first_fit_decreasing
+
+    # 723 tokens into 512-token rows: [512-ish, short] padded to 2 x 473; balanced rows need 2 x ~362.
+    lengths = [300, 250, 173]
+    _, greedy = _first_fit_decreasing(lengths, 512)
+    _, balanced = _first_fit_decreasing(lengths, 362)
+    assert len(greedy) * max(greedy) == 946 and len(balanced) * max(balanced) < 946
+    where, fill = _first_fit_decreasing(lengths, 362)
+    assert sorted(where) == [0, 1, 2] and sum(fill) == sum(lengths)  # every unit placed, once
+
+
+def test_packed_layout_never_computes_more_positions_than_greedy_rows(chatml_tokenizer):
+    for template, k in (("paper", 5), ("chat", 2)):
+        step = make_step(chatml_tokenizer, template, k, 96, "ga_mismatch_kl")
+        packed = pack_step(step, ["forget", "mismatch", "normal"], shared=("forget", "mismatch"), row_tokens=64)
+        assert packed.input_ids.numel() <= padded_positions(step, ["forget", "mismatch", "normal"])
+
+
 def test_opt_dropout_is_off_so_kl_starts_at_zero(chatml_tokenizer):
     model = tiny_model("opt", len(chatml_tokenizer))
     disable_dropout(model)

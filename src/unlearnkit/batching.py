@@ -21,6 +21,8 @@ of a sequence but its last. With them the step applies the LM head only where a 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import torch
@@ -105,6 +107,23 @@ def _prompt_length(labels: list[int]) -> int:
     return len(labels)
 
 
+def _first_fit_decreasing(lengths: list[int], capacity: int) -> tuple[dict[int, tuple[int, int]], list[int]]:
+    """Units placed longest first into the first row with room: {unit: (row, offset)} and each row's fill."""
+    order = sorted(range(len(lengths)), key=lambda u: -lengths[u])
+    row_fill: list[int] = []
+    where: dict[int, tuple[int, int]] = {}
+    for u in order:
+        for r, used in enumerate(row_fill):
+            if used + lengths[u] <= capacity:
+                where[u] = (r, used)
+                row_fill[r] += lengths[u]
+                break
+        else:
+            where[u] = (len(row_fill), 0)
+            row_fill.append(lengths[u])
+    return where, row_fill
+
+
 def pack_step(
     step: StepBatch,
     groups: list[str],
@@ -147,20 +166,14 @@ def pack_step(
                 branch = len(units[u].branches) - 1
             placement[group].append((u, branch, cut))
 
-    # First-fit decreasing; ties keep the step's order, so packing is deterministic.
-    capacity = max([row_tokens] + [unit.length for unit in units])
-    order = sorted(range(len(units)), key=lambda u: -units[u].length)
-    row_fill: list[int] = []
-    where: dict[int, tuple[int, int]] = {}
-    for u in order:
-        for r, used in enumerate(row_fill):
-            if used + units[u].length <= capacity:
-                where[u] = (r, used)
-                row_fill[r] += units[u].length
-                break
-        else:
-            where[u] = (len(row_fill), 0)
-            row_fill.append(units[u].length)
+    # First-fit decreasing into rows of `row_tokens`, and again into as many rows of balanced length: rows are
+    # padded to the longest, so one full row beside a short one wastes the difference. Keep the layout that
+    # computes fewer positions (ties: the first). Deterministic: ties in length keep the step's order.
+    lengths = [unit.length for unit in units]
+    longest, total = max(lengths), sum(lengths)
+    balanced = max(longest, math.ceil(total / math.ceil(total / max(row_tokens, longest))))
+    layouts = [_first_fit_decreasing(lengths, capacity) for capacity in (max(row_tokens, longest), balanced)]
+    where, row_fill = min(layouts, key=lambda layout: len(layout[1]) * max(layout[1]))
     rows, length = len(row_fill), max(row_fill)
 
     input_ids = torch.full((rows, length), pad_id if pad_id is not None else 0, dtype=torch.long)
