@@ -20,6 +20,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A CLI run whose steps are slowed down, so that a signal sent from outside lands mid-run. With PID_DIR set,
+# each process first writes its pid to PID_DIR/<RANK> (to kill one process of a multi-process run).
+SLOW_CLI = """
+import os, sys, time
+from pathlib import Path
+if "PID_DIR" in os.environ:
+    Path(os.environ["PID_DIR"], os.environ.get("RANK", "0")).write_text(str(os.getpid()))
+import unlearnkit.train as train_module
+step = train_module.train_step
+def slow_step(run):
+    time.sleep(0.3)
+    return step(run)
+train_module.train_step = slow_step
+from unlearnkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 CORPUS = [

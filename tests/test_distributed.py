@@ -14,13 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import REPO, SLOW_CLI
 from unlearnkit.batching import shard_step
 from unlearnkit.config import load_config
 from unlearnkit.data import StepBatch
 from unlearnkit.train import train
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -66,9 +64,7 @@ def test_two_process_run_equals_one_process_run(tiny_model_dir, qa_files, tmp_pa
             assert abs(row_a[key] - row_b[key]) < 1e-5, (key, row_a[key], row_b[key])
         # AdamW is blind to a uniform gradient scale; the gradient norm is not (a sum instead of a mean over processes).
         assert abs(row_a["grad_norm"] - row_b["grad_norm"]) <= 1e-5 * max(1.0, row_a["grad_norm"]), (row_a["grad_norm"], row_b["grad_norm"])
-    wa, wb = load_file(str(one / "model" / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
+    assert_close_weights(one, two)
     assert json.loads((two / "run_info.json").read_text())["processes"] == 2
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-2", "step-3"]
 
@@ -90,45 +86,43 @@ def test_two_process_resume_from_a_one_process_checkpoint(tiny_model_dir, qa_fil
     proc = launch(2, [*args, f"output_dir={resumed}"], "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_log(resumed)] == [1, 2, 3]
-    wa = load_file(str(straight / "model" / "model.safetensors"))
-    wb = load_file(str(resumed / "model" / "model.safetensors"))
+    assert_close_weights(straight, resumed)
+
+
+def assert_close_weights(a_dir: Path, b_dir: Path) -> None:
+    wa, wb = load_file(str(a_dir / "model" / "model.safetensors")), load_file(str(b_dir / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
     assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
 
 
-SLOW_RANK = """
-import os, sys, time
-from pathlib import Path
-Path(os.environ["PID_DIR"], os.environ["RANK"]).write_text(str(os.getpid()))
-import unlearnkit.train as train_module
-step = train_module.train_step
-def slow_step(run):
-    time.sleep(0.3)
-    return step(run)
-train_module.train_step = slow_step
-from unlearnkit.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+def start_slow_launch(args: list[str], out: Path, tmp_path: Path, log_lines: int) -> tuple[subprocess.Popen, Path]:
+    """A 2-process run of slowed-down steps (conftest.SLOW_CLI), returned once it has logged ``log_lines`` steps
+    (or ended, or 180 s passed), with the folder where each process wrote its pid."""
+    import time
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    script = tmp_path / "slow_rank.py"
+    script.write_text(SLOW_CLI)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PID_DIR": str(pids)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+               "--num_processes", "2", "--main_process_port", str(_free_port()), str(script), "run", *args, f"output_dir={out}"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    log = out / "train_log.jsonl"
+    while (not log.is_file() or len(log.read_text().splitlines()) < log_lines) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    return proc, pids
 
 
 def test_kill_9_of_one_process_then_resume_equals_uninterrupted(tiny_model_dir, qa_files, tmp_path):
     import signal
-    import time
 
     args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
             "max_steps=8", "batch_size=4", "num_mismatch=2", "save_every=2"]
-    straight, killed, pids = tmp_path / "straight", tmp_path / "killed", tmp_path / "pids"
-    pids.mkdir()
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
     train(load_config(None, [*args, f"output_dir={straight}"]))
-    script = tmp_path / "slow_rank.py"
-    script.write_text(SLOW_RANK)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PID_DIR": str(pids)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
-               "--num_processes", "2", "--main_process_port", str(_free_port()), str(script), "run", *args, f"output_dir={killed}"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    log = killed / "train_log.jsonl"
-    while (not log.is_file() or len(log.read_text().splitlines()) < 3) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    proc, pids = start_slow_launch(args, killed, tmp_path, log_lines=3)
     os.kill(int((pids / "1").read_text()), signal.SIGKILL)
     proc.communicate(timeout=180)
     assert proc.returncode != 0
@@ -136,31 +130,18 @@ def test_kill_9_of_one_process_then_resume_equals_uninterrupted(tiny_model_dir, 
     resumed = launch(2, [*args, f"output_dir={killed}"], "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in read_log(killed)] == list(range(1, 9))
-    wa = load_file(str(straight / "model" / "model.safetensors"))
-    wb = load_file(str(killed / "model" / "model.safetensors"))
-    assert max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
+    assert_close_weights(straight, killed)
 
 
 def test_sigterm_to_the_launcher_checkpoints_every_process_at_the_same_step(tiny_model_dir, qa_files, tmp_path):
     """A cluster pre-empting the job signals the launcher; it forwards SIGTERM to every process, which
     agree (reduced flag) on the step to stop after; the main process writes that checkpoint."""
     import signal
-    import time
 
     args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
             "max_steps=30", "batch_size=4", "num_mismatch=2", "save_every=0"]
-    out, pids = tmp_path / "out", tmp_path / "pids"
-    pids.mkdir()
-    script = tmp_path / "slow_rank.py"
-    script.write_text(SLOW_RANK)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PID_DIR": str(pids)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
-               "--num_processes", "2", "--main_process_port", str(_free_port()), str(script), "run", *args, f"output_dir={out}"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    log = out / "train_log.jsonl"
-    while (not log.is_file() or len(log.read_text().splitlines()) < 2) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    out = tmp_path / "out"
+    proc, _ = start_slow_launch(args, out, tmp_path, log_lines=2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0

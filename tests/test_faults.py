@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import REPO, SLOW_CLI
 from unlearnkit.cli import main
 from unlearnkit.config import load_config
 from unlearnkit.errors import TrainingDiverged, UserError
 from unlearnkit.methods import METHODS, Method
 from unlearnkit.train import train
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def common(model_dir: Path, qa_files, *extra: str) -> list[str]:
@@ -49,20 +49,6 @@ def assert_same_weights(a_dir: Path, b_dir: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
-
-
-# A CLI run whose steps are slowed down, so that a signal sent from outside lands mid-run.
-SLOW_CLI = """
-import sys, time
-import unlearnkit.train as train_module
-step = train_module.train_step
-def slow_step(run):
-    time.sleep(0.3)
-    return step(run)
-train_module.train_step = slow_step
-from unlearnkit.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.mark.parametrize("signum, lora", [(signal.SIGTERM, "false"), (signal.SIGINT, "true")])
