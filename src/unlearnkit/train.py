@@ -106,12 +106,13 @@ def load_run_data(config: RunConfig, method: Method) -> tuple[list[QAExample], l
     return forget, normal
 
 
-def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_model: Any = None) -> StepBatcher:
+def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_model: Any = None,
+                 data: tuple[list[QAExample], list[QAExample]] | None = None) -> StepBatcher:
     """The step batcher of the run. With ``normal_answers=self`` the normal answers are ``original_model``'s
     own greedy answers to the normal prompts (see unlearnkit.own_answers); the model must then be given."""
     d, m = config.data, config.method
     needs = resolve_needs(method, m)
-    forget, normal = load_run_data(config, method)
+    forget, normal = data if data is not None else load_run_data(config, method)
     if normal and d.normal_answers == "self":
         if original_model is None:
             raise ValueError("normal_answers=self needs the original model to answer the normal prompts")
@@ -301,14 +302,14 @@ def set_up(config: RunConfig, resume: bool) -> Run:
                         f"processes; use a multiple of {accelerator.num_processes}")
     # Everything that can fail on bad input happens before the output folder is touched.
     tokenizer = load_tokenizer(config.model)
-    load_run_data(config, method)
+    data = load_run_data(config, method)  # read once: checked here, batched below
     check_output_dir(t.output_dir, config.model.name)
     check_output_writable(t.output_dir)
     prepare_output_dir(config, resume, create=False)
     set_seed(t.seed)
     model = load_model(config.model)
     with accelerator.main_process_first():  # the main process fills the own-answers cache, the others read it
-        batcher = prepare_data(config, tokenizer, method, original_model=model)  # before any update (own answers)
+        batcher = prepare_data(config, tokenizer, method, original_model=model, data=data)  # before any update (own answers)
     if needs.hidden_states:
         layers = len(decoder_layers(model)[1])
         if config.method.rmu_layer >= layers:
