@@ -28,6 +28,7 @@ import yaml
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UserError
 from unlearnkit.modeling import trainable_state
+from unlearnkit.sharding import full, full_state, is_sharded, like, sharded_optimizer_state
 
 # Fields that may differ between an interrupted run and its resume without changing its result.
 # (attention, pack_tokens, logit_chunk change how the step is computed, not what: only float rounding.)
@@ -55,10 +56,18 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy whole ``weights`` into ``model``'s parameters (into this process's shard of a sharded one)."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
+            params[name].copy_(like(tensor, params[name]))
+
+
+def gathered_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable weights, whole: under FSDP each is gathered (a collective: every process calls this)."""
+    if not any(is_sharded(p) for p in model.parameters()):
+        return trainable_state(model)
+    return {n: full(p.detach()).cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 # ------------------------------------------------------------------------------------------- state split
@@ -93,18 +102,26 @@ def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return value
 
 
-def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: TrainState, keep: int) -> Path:
-    """Write checkpoints/step-N atomically (temp folder + rename) and prune old ones."""
+def checkpoint_payload(model: torch.nn.Module, optimizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The trainable weights and optimizer state a checkpoint holds, whole, as a one-process run has them
+    (sharded tensors gathered: a collective under FSDP, so every process calls this, the main one writes)."""
+    return gathered_trainable(model), full_state(optimizer.state_dict())
+
+
+def save_checkpoint(out: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler: Any,
+                    state: TrainState, keep: int) -> Path:
+    """Write checkpoints/step-N (``weights`` and ``optimizer_state`` from checkpoint_payload) atomically
+    (temp folder + rename) and prune old ones."""
     from safetensors.torch import save_file
 
     folder = out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
     try:
-        save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+        save_file(weights, str(staging / "trainable.safetensors"))
         tensors: dict[str, torch.Tensor] = {}
         rest = {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
         skeleton = _split(rest, tensors, "s")
@@ -132,7 +149,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
         extra = _join(json.loads((path / "optimizer.json").read_text()), load_file(str(path / "optimizer.safetensors")))
     else:  # checkpoints written before 0.x: a torch file, read without unpickling code
         extra = torch.load(path / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
+    optimizer.load_state_dict(sharded_optimizer_state(extra["optimizer"], optimizer))
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng_cpu"])
     if extra.get("rng_cuda") is not None and torch.cuda.is_available():

@@ -252,12 +252,17 @@ class StepModule(torch.nn.Module):
     The reference is held outside the module tree: DDP would otherwise broadcast the frozen copy and
     count it among the model's parameters; with LoRA it is ``policy`` itself with the adapter off, so
     ``disable_adapter`` is called on the peft model, never on the DDP wrapper.
+
+    Under FSDP (``holds_reference``) the frozen copy of a full-finetuning reference IS registered (as
+    ``reference_copy``): it is sharded with the policy, as units of its own that never get a gradient.
     """
 
-    def __init__(self, policy: torch.nn.Module, reference: Reference | None) -> None:
+    def __init__(self, policy: torch.nn.Module, reference: Reference | None, holds_reference: bool = False) -> None:
         super().__init__()
         self.policy = policy
         self._reference = [reference]  # a list: not registered as a submodule
+        if holds_reference and reference is not None and reference.frozen is not None:
+            self.reference_copy = reference.frozen
 
     def forward(self, step: StepBatch, needs: Any, row_tokens: int = DEFAULT_ROW_TOKENS, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                 token_mean: Callable[[int], float] | None = None, hidden_layer: int | None = None) -> StepTerms:

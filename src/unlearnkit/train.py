@@ -10,7 +10,9 @@ a checkpoint (even after kill -9) ends with the same weights as an uninterrupted
 Data parallel (``accelerate launch``, DDP): every process builds the whole step and takes its equal
 share (batching.shard_step); the prepared module is the step itself (step.StepModule), so DDP averages
 the gradients of the packed forward; loss terms, stop rules, signals and the non-finite check use
-values reduced over processes; only the main process writes. Faults: SIGTERM/SIGINT checkpoint and
+values reduced over processes; only the main process writes. FSDP (unlearnkit.sharding): the same
+step module is sharded (FSDP2) instead of DDP-wrapped, the optimizer is built over the shards, and
+checkpoints and the exported model are gathered whole by every process and written by the main one. Faults: SIGTERM/SIGINT checkpoint and
 raise RunInterrupted; a non-finite loss/gradient raises TrainingDiverged before the update; write
 failures of the output folder become one UserError line (output_errors).
 """
@@ -50,6 +52,7 @@ from unlearnkit.checkpoint import (  # noqa: F401  (re-exported: the checkpoint 
     RESUME_MAY_CHANGE,
     TrainState,
     check_resume_config,
+    checkpoint_payload,
     checkpoints,
     load_checkpoint,
     load_trainable,
@@ -73,6 +76,7 @@ from unlearnkit.modeling import (
     save_merged,
     trainable_state,
 )
+from unlearnkit.sharding import fsdp_launched, fsdp_settings, full, shard
 from unlearnkit.step import StepModule, compute_terms, set_attention  # noqa: F401  (compute_terms: the step, re-exported)
 
 @dataclass
@@ -231,7 +235,8 @@ class Run:
     base_held_in_bf16: bool = False  # LoRA base weights stored in bf16 (merged output rebuilt in float32)
     # What each step computes: the method's needs with the run's regularizer (methods.resolve_needs).
     needs: Needs = field(default_factory=Needs)
-    engine: torch.nn.Module | None = None  # the prepared StepModule (DDP-wrapped in a multi-process run)
+    engine: torch.nn.Module | None = None  # the prepared StepModule (DDP-wrapped in a multi-process run, sharded under FSDP)
+    sharded: bool = False  # FSDP: parameters are DTensor shards (what is written is gathered first)
     session_seconds: float = 0.0  # training seconds of this invocation (what time_budget_s limits)
 
     @property
@@ -264,9 +269,9 @@ class Run:
         return self.reduce([float(count)])[0]
 
 
-def _refuse_sharding(kind: str) -> None:
-    raise UserError(f"accelerate distributed_type {kind} is not supported yet: checkpoints and the exported model would "
-                    "hold sharded state; use configs/accelerate/ddp.yaml (with lora=true for 7B+ models, see README Scaling out)")
+def _refuse_engine(kind: str) -> None:
+    raise UserError(f"accelerate distributed_type {kind} is not supported: use configs/accelerate/fsdp.yaml (sharded) or "
+                    "configs/accelerate/ddp.yaml (see README Scaling out)")
 
 
 def hidden_layer_of(config: MethodConfig, needs: Needs) -> int | None:
@@ -287,16 +292,16 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     t = config.train
     method = METHODS[config.method.name]
     needs = resolve_needs(method, config.method)
-    # Sharded launches are refused before accelerate starts (under FSDP on a machine without GPUs
-    # accelerate itself would fail with a traceback).
-    launched = [name for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED"))
-                if os.environ.get(var, "").lower() in ("1", "true", "yes")]
-    if launched:
-        _refuse_sharding(launched[0])
+    # Launches unlearnkit cannot run are refused before accelerate starts (one line, not a traceback).
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+        _refuse_engine("DEEPSPEED")
+    # FSDP: unlearnkit shards the step itself (unlearnkit.sharding), on GPUs and on CPU (where accelerate's
+    # processes stay plain MULTI_CPU ones), so the model is never given to accelerator.prepare.
+    fsdp = fsdp_settings() if fsdp_launched() else None
     accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
-    sharding = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if sharding in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        _refuse_sharding(sharding)
+    engine_kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if engine_kind in ("DEEPSPEED", "MEGATRON_LM"):
+        _refuse_engine(engine_kind)
     if t.batch_size % accelerator.num_processes:
         raise UserError(f"batch_size={t.batch_size} is the global batch and must divide evenly over {accelerator.num_processes} "
                         f"processes; use a multiple of {accelerator.num_processes}")
@@ -335,14 +340,22 @@ def set_up(config: RunConfig, resume: bool) -> Run:
         reference = Reference(model, lora=config.model.lora, dtype=frozen_dtype)
     base_held_in_bf16 = bool(config.model.lora and frozen_dtype is not None and hold_frozen_in(model, frozen_dtype))
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    # Fused AdamW: one kernel over all parameters instead of ~10 elementwise passes (CPU and CUDA).
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    if fsdp is not None:
+        # Sharded first, then the optimizer over the shards (FSDP replaces the parameters by DTensor shards).
+        engine = StepModule(model, reference, holds_reference=True)
+        shard(engine, [model] + ([reference.frozen] if reference is not None and reference.frozen is not None else []),
+              accelerator.device, accelerator.num_processes, fsdp)
+        optimizer = torch.optim.AdamW([p for p in engine.parameters() if p.requires_grad], lr=t.lr,
+                                      weight_decay=t.weight_decay, fused=True)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        # Fused AdamW: one kernel over all parameters instead of ~10 elementwise passes (CPU and CUDA).
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+        # The step module (policy + the step) is what gets prepared: under DDP its forward is the whole packed step.
+        engine, optimizer = accelerator.prepare(StepModule(model, reference), optimizer)
+        if reference is not None and reference.frozen is not None:
+            reference.frozen.to(accelerator.device)
     scheduler = get_linear_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
-    # The step module (policy + the step) is what gets prepared: under DDP its forward is the whole packed step.
-    engine, optimizer = accelerator.prepare(StepModule(model, reference), optimizer)
-    if reference is not None and reference.frozen is not None:
-        reference.frozen.to(accelerator.device)
 
     state = TrainState()
     log_path = out / "train_log.jsonl"
@@ -361,7 +374,7 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     accelerator.wait_for_everyone()
     trained = [p for p in engine.parameters() if p.requires_grad]  # the prepared module's own (clipping under DDP/FSDP)
     return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, trained, out, state, log_path,
-               base_held_in_bf16, needs, engine)
+               base_held_in_bf16, needs, engine, sharded=fsdp is not None)
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -386,7 +399,7 @@ def train_step(run: Run) -> dict[str, Any]:
     local = [_scalar(terms.forget_nll), _scalar(terms.mismatch_nll), _scalar(terms.kl), float(loss.detach()),
              float(step_batch.num_tokens)]
     forget_nll, mismatch_nll, kl, loss_value, tokens = run.reduce([x if x is not None else 0.0 for x in local])
-    grad_norm = float(grad_norm) if grad_norm is not None else 0.0
+    grad_norm = float(full(grad_norm)) if grad_norm is not None else 0.0  # FSDP: a DTensor, reduced by full()
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
         run.optimizer.zero_grad(set_to_none=True)
         found = checkpoints(run.out)
@@ -438,38 +451,48 @@ def update_threshold_rule(state: TrainState, t: Any, forget_nll: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- saving
-def write_checkpoint(run: Run) -> None:
-    """The main process writes the checkpoint of the current step; the others wait for it."""
+def write_checkpoint(run: Run) -> dict[str, torch.Tensor]:
+    """The main process writes the checkpoint of the current step; the others wait for it. Under FSDP every
+    process first takes part in gathering the state. Returns the (whole) trainable weights written."""
+    weights: dict[str, torch.Tensor] = {}
+    if run.is_main or run.sharded:
+        weights, optimizer_state = checkpoint_payload(run.model, run.optimizer)
     if run.is_main:
         with output_errors(run.out):
-            save_checkpoint(run.out, run.model, run.optimizer, run.scheduler, run.state, run.config.train.keep_checkpoints)
+            save_checkpoint(run.out, weights, optimizer_state, run.scheduler, run.state, run.config.train.keep_checkpoints)
     run.accelerator.wait_for_everyone()
+    return weights
 
 
 def save_outputs(run: Run) -> None:
     """Final checkpoint, the model (merged and/or adapter) with its card, and run_info.json (main process)."""
-    write_checkpoint(run)
+    weights = write_checkpoint(run)
     if run.is_main:
         with output_errors(run.out):
-            _save_model(run)
+            _save_model(run, weights)
     run.accelerator.wait_for_everyone()
 
 
-def _save_model(run: Run) -> None:
+def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
+    """Write the model; ``weights``: the whole trainable weights (gathered from the shards under FSDP)."""
     t, state = run.config.train, run.state
     policy = run.model
     policy.eval()
+    if run.sharded or run.base_held_in_bf16:
+        # A plain float32 model rebuilt from the original and the trained weights: under FSDP the policy's
+        # parameters are shards; with a LoRA base held in bf16 the adapter is merged into the float32 original.
+        policy = load_model(run.config.model)
+        if run.config.model.lora:
+            policy = add_lora(policy, run.config.model)
+        load_trainable(policy, weights)
     card = model_card(run.config, state.step, state.stop_reason)
     if t.save_mode in ("adapter", "both"):
         save_adapter(policy, run.tokenizer, run.out / "adapter", card)
     if t.save_mode in ("merged", "both"):
-        if run.base_held_in_bf16:
-            # The base was held in bf16 for training only: merge the adapter into the float32 original.
-            policy = add_lora(load_model(run.config.model), run.config.model)
-            load_trainable(policy, trainable_state(run.model))
         save_merged(policy, run.tokenizer, run.out / "model", card)
     info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
-            "train_seconds": state.train_seconds, "processes": run.world, "torch_version": torch.__version__}
+            "train_seconds": state.train_seconds, "processes": run.world,
+            "sharding": "fsdp" if run.sharded else "none", "torch_version": torch.__version__}
     (run.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
