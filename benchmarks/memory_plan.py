@@ -1,9 +1,11 @@
 """The multi-GPU memory plan of README "Scaling out", computed on paper (no GPU measured).
 
 Bytes per parameter of the model state each GPU holds: policy weights, reference, gradients and
-AdamW state, for full finetuning / LoRA x DDP / FSDP / ZeRO-3 x precision, and the smallest setup
+AdamW state, for full finetuning / LoRA x DDP / FSDP x precision, and the smallest setup
 whose state fits in 85% of each GPU's memory (the rest left to activations, the packed step's
-logit chunks and allocator slack; activations are small at the paper's batch 2 but are NOT counted).
+logit chunks, the weights FSDP holds gathered while it computes, and allocator slack; activations are
+small at the paper's batch 2 but are NOT counted). Under FSDP unlearnkit shards the full-finetuning
+reference copy too. DeepSpeed ZeRO-3 would hold the same state on paper but is not supported.
 
     python benchmarks/memory_plan.py    # prints the markdown tables
 """
@@ -72,29 +74,25 @@ def main() -> None:
     frac7 = lora_fraction(*MODELS["Llama-2-7B"])
     for mode in ("full", "lora"):
         for precision in ("fp32", "bf16"):
-            for sharding in ("DDP", "FSDP / ZeRO-3"):
+            for sharding in ("DDP", "FSDP"):
                 if sharding == "DDP":
                     parts = per_gpu_bytes(mode, sharding, precision, 1, frac7, False)
                     cells = [f"{parts[k]:.3g}" for k in ("policy", "reference", "grads", "optimizer")]
                     total = f"{sum(parts.values()):.3g}"
                 else:
-                    sym = per_gpu_bytes(mode, "FSDP", precision, 1, frac7, False)
-                    ref = sym["reference"]
-                    cells = [f"{sym['policy']:.3g}/N", f"{ref:.3g} (today) / {ref:.3g}/N (sharded)" if ref else "0",
-                             f"{sym['grads']:.3g}/N", f"{sym['optimizer']:.3g}/N"]
-                    other = sym["policy"] + sym["grads"] + sym["optimizer"]
-                    total = f"{other:.3g}/N + {ref:.3g}" if ref else f"{other:.3g}/N"
+                    sym = per_gpu_bytes(mode, "FSDP", precision, 1, frac7, True)
+                    cells = [f"{sym[k]:.3g}/N" if sym[k] else "0" for k in ("policy", "reference", "grads", "optimizer")]
+                    total = f"{sum(sym.values()):.3g}/N"
                 print(f"| {mode} | {precision} | {sharding} | " + " | ".join(cells) + f" | {total} |")
     print("\nSmallest GPU setup whose model state fits in 85% of each GPU (activations not counted; "
           "NxS = N GPUs of S GB, -xS = not within 64 GPUs):\n")
-    print("| model | mode | precision | DDP: state per GPU | FSDP / ZeRO-3, reference unsharded (today) | FSDP / ZeRO-3, reference sharded |")
-    print("|---|---|---|---|---|---|")
+    print("| model | mode | precision | DDP: state per GPU | FSDP (80 / 40 / 24 GB GPUs) |")
+    print("|---|---|---|---|---|")
     for name, (params, linears, layers) in MODELS.items():
         frac = lora_fraction(params, linears, layers)
         for mode in ("full", "lora"):
             for precision in ("fp32", "bf16"):
-                row = [ddp_fit(params, mode, precision, frac), sharded_fit(params, mode, precision, frac, False),
-                       sharded_fit(params, mode, precision, frac, True)]
+                row = [ddp_fit(params, mode, precision, frac), sharded_fit(params, mode, precision, frac, True)]
                 print(f"| {name} | {mode} | {precision} | " + " | ".join(row) + " |")
 
 

@@ -26,12 +26,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(num_processes: int, args: list[str], *extra: str) -> subprocess.CompletedProcess:
+def launch(num_processes: int, args: list[str], *extra: str, config: str = "ddp.yaml") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    # The shipped DDP config; on a machine without GPUs accelerate's multi-GPU launcher (torchrun) starts
+    # A shipped config; on a machine without GPUs accelerate's multi-GPU launcher (torchrun) starts
     # the processes and unlearnkit's Accelerator joins them over gloo on CPU. (`accelerate launch --cpu
     # --num_processes 2` starts ONE process unless given an MPI hostfile.)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "ddp.yaml"),
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / config),
                "--num_processes", str(num_processes), "--main_process_port", str(_free_port()),
                "-m", "unlearnkit", "run", *extra, *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -150,13 +150,115 @@ def test_sigterm_to_the_launcher_checkpoints_every_process_at_the_same_step(tiny
     assert err.count("SIGTERM received: stopped after step") >= 1 and not (out / "model").exists()
 
 
-def test_fsdp_launch_is_refused_with_one_line(tiny_model_dir, qa_files, tmp_path):
-    """FSDP is not supported yet (sharded checkpoints/exports are not gathered). On CPU accelerate 1.15 cannot
-    run FSDP at all ("no available devices"), so no FSDP run is tested here; the refusal must be one line."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml"),
-               "--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "unlearnkit", "run",
-               f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", f"output_dir={tmp_path / 'out'}"]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "unlearnkit: error: accelerate distributed_type FSDP is not supported yet" in proc.stderr
-    assert not (tmp_path / "out").exists()
+def _fsdp_on_cpu_missing() -> str:
+    """Why this torch cannot run FSDP2 over gloo on CPU ('' when it can)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        return "torch.distributed with gloo is not available in this torch build"
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError as exc:
+        return f"FSDP2 (torch.distributed.fsdp.fully_shard) cannot be imported: {exc}"
+    return ""
+
+
+needs_fsdp = pytest.mark.skipif(bool(_fsdp_on_cpu_missing()), reason=_fsdp_on_cpu_missing() or "FSDP2 on CPU available")
+
+
+def launch_fsdp(args: list[str], *extra: str) -> subprocess.CompletedProcess:
+    """A 2-process run under the shipped FSDP config (the GPU file as is: on CPU the processes join over gloo
+    and unlearnkit shards the step with FSDP2 itself)."""
+    return launch(2, args, *extra, config="fsdp.yaml")
+
+
+@needs_fsdp
+@pytest.mark.parametrize("lora", ["false", "true"])
+def test_fsdp_two_process_run_equals_one_process_run(tiny_model_dir, qa_files, tmp_path, lora):
+    """Sharded (FSDP2) over 2 processes = one process running the whole global batch; the checkpoint and the
+    exported model are gathered whole. Full finetuning: the reference is a sharded frozen copy; LoRA: the
+    adapter-disabled policy."""
+    args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
+            "max_steps=3", "batch_size=4", "num_mismatch=2", f"lora={lora}", "save_every=2", "save_mode=both" if lora == "true" else "save_mode=merged"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config(None, [*args, f"output_dir={one}"]))
+    proc = launch_fsdp([*args, f"output_dir={two}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "run_info.json").read_text())["sharding"] == "fsdp"
+    a, b = read_log(one), read_log(two)
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for row_a, row_b in zip(a, b):
+        for key in ("loss", "forget_nll", "mismatch_nll", "kl"):
+            assert abs(row_a[key] - row_b[key]) < 1e-5, (key, row_a[key], row_b[key])
+        assert abs(row_a["grad_norm"] - row_b["grad_norm"]) <= 1e-5 * max(1.0, row_a["grad_norm"])
+    assert_close_weights(one, two)
+    # The checkpoint holds whole tensors, as a one-process run writes them.
+    ca, cb = (load_file(str(d / "checkpoints" / "step-3" / "trainable.safetensors")) for d in (one, two))
+    assert {n: t.shape for n, t in ca.items()} == {n: t.shape for n, t in cb.items()}
+    if lora == "true":
+        wa, wb = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (one, two))
+        assert wa.keys() == wb.keys() and max(float((wa[n] - wb[n]).abs().max()) for n in wa) < 1e-5
+
+
+@needs_fsdp
+def test_fsdp_checkpoint_then_resume_equals_uninterrupted(tiny_model_dir, qa_files, tmp_path):
+    """An FSDP run stopped after step 1 (its time budget) writes a gathered checkpoint; an FSDP --resume
+    shards it back (weights and AdamW state) and ends where an uninterrupted one-process run ends."""
+    args = [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false", "lr=1e-3",
+            "max_steps=3", "batch_size=4", "num_mismatch=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(load_config(None, [*args, f"output_dir={straight}"]))
+    first = launch_fsdp([*args, "time_budget_s=1e-9", f"output_dir={resumed}"])
+    assert first.returncode == 0 and [r["step"] for r in read_log(resumed)] == [1], first.stderr[-3000:]
+    proc = launch_fsdp([*args, f"output_dir={resumed}"], "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_log(resumed)] == [1, 2, 3]
+    for row_a, row_b in zip(read_log(straight), read_log(resumed)):
+        assert abs(row_a["loss"] - row_b["loss"]) < 1e-5, (row_a["loss"], row_b["loss"])
+    assert_close_weights(straight, resumed)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"FSDP_VERSION": "1"}, "fsdp_version 1 is not supported"),
+    ({"FSDP_VERSION": "2", "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "fsdp_cpu_ram_efficient_loading: true is not supported"),
+    ({"FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "gradient_checkpointing=true"),
+])
+def test_fsdp_settings_unlearnkit_cannot_honour_are_refused(monkeypatch, env, expected):
+    from unlearnkit.errors import UserError
+    from unlearnkit.sharding import fsdp_settings
+
+    for name in ("FSDP_VERSION", "FSDP_CPU_RAM_EFFICIENT_LOADING", "FSDP_ACTIVATION_CHECKPOINTING"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=expected):
+        fsdp_settings()
+
+
+def test_shipped_fsdp_config_passes_the_settings_check(monkeypatch):
+    """configs/accelerate/fsdp.yaml as the launcher turns it into FSDP_* variables is accepted."""
+    import yaml
+
+    from unlearnkit.sharding import fsdp_settings
+
+    fsdp = yaml.safe_load((REPO / "configs" / "accelerate" / "fsdp.yaml").read_text())["fsdp_config"]
+    for key, value in fsdp.items():
+        monkeypatch.setenv(key.upper(), str(value).lower())
+    assert fsdp_settings().reshard_after_forward
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "distributed_type DEEPSPEED is not supported: use configs/accelerate/fsdp.yaml"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version 1 is not supported"),
+])
+def test_unsupported_sharded_launch_is_refused_before_anything_is_written(monkeypatch, tiny_model_dir, qa_files, tmp_path, env, expected):
+    """What an `accelerate launch` with zero3.yaml (DeepSpeed installed) or an FSDP1 config sets: one line, no output folder."""
+    from unlearnkit.errors import UserError
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=expected):
+        train(load_config(None, [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false",
+                                 f"output_dir={out}"]))
+    assert not out.exists()
