@@ -1,5 +1,6 @@
-"""Data-parallel runs with `accelerate launch` on CPU (gloo): N processes x their share of the step
-equal one process running the whole global batch, for full finetuning and LoRA."""
+"""Multi-process runs with `accelerate launch` on CPU (gloo): N processes x their share of the step
+equal one process running the whole global batch, for full finetuning and LoRA, data-parallel (DDP) and
+sharded (FSDP2, the shipped fsdp.yaml); checkpoints resume across process counts and engines."""
 
 from __future__ import annotations
 

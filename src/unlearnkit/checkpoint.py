@@ -9,7 +9,8 @@ A checkpoint is a folder ``checkpoints/step-N`` holding
 Nothing is unpickled on load: tensors come from safetensors, the rest from JSON, so a checkpoint
 from elsewhere cannot run code. (Older checkpoints' ``optimizer.pt`` is read with
 ``torch.load(weights_only=True)``.) Folders are written to a temporary name and renamed, so a run
-killed while saving leaves the previous checkpoint intact.
+killed while saving leaves the previous checkpoint intact. Under FSDP the tensors are gathered whole
+before writing and sharded again on load, so every checkpoint has the one-process format.
 """
 
 from __future__ import annotations
