@@ -185,7 +185,10 @@ def test_fsdp_two_process_run_equals_one_process_run(tiny_model_dir, qa_files, t
     train(load_config(None, [*args, f"output_dir={one}"]))
     proc = launch_fsdp([*args, f"output_dir={two}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((two / "run_info.json").read_text())["sharding"] == "fsdp"
+    info_one, info_two = (json.loads((d / "run_info.json").read_text()) for d in (one, two))
+    assert info_two["sharding"] == "fsdp"
+    # Each process holds about half of the weights (policy and, for full finetuning, the reference copy).
+    assert 0.4 < info_two["parameter_bytes_per_process"] / info_one["parameter_bytes_per_process"] < 0.6
     a, b = read_log(one), read_log(two)
     assert [r["step"] for r in b] == [1, 2, 3]
     for row_a, row_b in zip(a, b):

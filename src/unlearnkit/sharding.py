@@ -101,6 +101,11 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
+def held_bytes(params: Any) -> int:
+    """Bytes of ``params`` this process holds (its shards of sharded ones)."""
+    return sum((p.to_local() if is_sharded(p) else p).numel() * p.element_size() for p in params)
+
+
 def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """A full tensor laid out like ``param``: this process's shard of it when ``param`` is sharded (no
     communication: every process holds the full value), else ``value`` itself."""

@@ -76,7 +76,7 @@ from unlearnkit.modeling import (
     save_merged,
     trainable_state,
 )
-from unlearnkit.sharding import fsdp_launched, fsdp_settings, full, shard
+from unlearnkit.sharding import fsdp_launched, fsdp_settings, full, held_bytes, shard
 from unlearnkit.step import StepModule, compute_terms, set_attention  # noqa: F401  (compute_terms: the step, re-exported)
 
 @dataclass
@@ -473,6 +473,14 @@ def save_outputs(run: Run) -> None:
     run.accelerator.wait_for_everyone()
 
 
+def parameter_bytes(run: Run) -> int:
+    """Bytes of policy and reference weights the main process holds (its shards under FSDP)."""
+    if run.sharded:
+        return held_bytes(run.engine.parameters())  # the policy and the reference copy, sharded
+    frozen = run.reference.frozen if run.reference is not None else None
+    return held_bytes(run.model.parameters()) + (held_bytes(frozen.parameters()) if frozen is not None else 0)
+
+
 def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
     """Write the model; ``weights``: the whole trainable weights (gathered from the shards under FSDP)."""
     t, state = run.config.train, run.state
@@ -492,7 +500,7 @@ def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
         save_merged(policy, run.tokenizer, run.out / "model", card)
     info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
             "train_seconds": state.train_seconds, "processes": run.world,
-            "sharding": "fsdp" if run.sharded else "none", "torch_version": torch.__version__}
+            "sharding": "fsdp" if run.sharded else "none", "parameter_bytes_per_process": parameter_bytes(run), "torch_version": torch.__version__}
     (run.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
