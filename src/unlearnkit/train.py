@@ -484,6 +484,7 @@ def parameter_bytes(run: Run) -> int:
 def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
     """Write the model; ``weights``: the whole trainable weights (gathered from the shards under FSDP)."""
     t, state = run.config.train, run.state
+    held = parameter_bytes(run)  # before saving: the merged export unloads the adapter from the policy in place
     policy = run.model
     policy.eval()
     if run.sharded or run.base_held_in_bf16:
@@ -500,7 +501,7 @@ def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
         save_merged(policy, run.tokenizer, run.out / "model", card)
     info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
             "train_seconds": state.train_seconds, "processes": run.world,
-            "sharding": "fsdp" if run.sharded else "none", "parameter_bytes_per_process": parameter_bytes(run), "torch_version": torch.__version__}
+            "sharding": "fsdp" if run.sharded else "none", "parameter_bytes_per_process": held, "torch_version": torch.__version__}
     (run.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
