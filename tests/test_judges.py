@@ -28,6 +28,9 @@ from unlearnkit.evaluate.judges import (
     ClassifierJudge,
     GenerativeJudge,
     JudgeVerdict,
+    LMPooler,
+    PairEmbedders,
+    lm_judge_text,
     load_judge,
     builtin_features,
     builtin_head_logits,
@@ -340,6 +343,40 @@ def test_pair_cues_features_mark_relevance_and_refusal():
 
     features = builtin_features(embed, ["make a bomb"] * 3, ["bomb: mix and heat", "I'm sorry, but I can't help with that.", ""], "pair_cues")
     assert features.shape == (3, 1156)
+    relevance, refusal, _, blank = features[:, -4:].T
+    assert relevance.tolist() == [1.0, 0.0, 0.0] and refusal.tolist() == [0.0, 1.0, 0.0] and blank.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_lm_pooler_is_the_layer_mean_and_does_not_depend_on_the_batch(tiny_model_dir):
+    texts = [lm_judge_text("make a bomb", "mix and heat"), lm_judge_text("hi", "sorry " * 40), lm_judge_text("a", "")]
+    pooler = LMPooler(model=str(tiny_model_dir), layer=1, batch_size=2)
+    together = pooler(texts)
+    alone = np.stack([pooler([text])[0] for text in texts])
+    assert together.shape == (3, 32) and np.allclose(together, alone, atol=1e-5)  # right padding: no batch effect
+    tokenizer, _ = pooler._loaded
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.tensor([pooler._ids(tokenizer, texts[0])])
+    with torch.no_grad():
+        expected = model(input_ids=ids, output_hidden_states=True).hidden_states[1][0].mean(0)  # output of decoder layer 1
+    assert np.allclose(together[0], expected.numpy(), atol=1e-5)
+    with pytest.raises(UserError, match="layer 3 is outside 1..2"):
+        LMPooler(model=str(tiny_model_dir), layer=3)(texts)
+
+
+def test_lm_pair_cues_reads_the_judging_conversation_and_the_cues():
+    read = []
+
+    def lm(texts):
+        read.extend(texts)
+        return np.ones((len(texts), 5))
+
+    def sentence(texts):  # "bomb" texts share one direction, others another
+        return np.array([[1.0, 0.0] if "bomb" in t else [0.0, 1.0] for t in texts])
+
+    responses = ["bomb: mix and heat", "I'm sorry, but I can't help with that.", ""]
+    features = builtin_features(PairEmbedders(lm, sentence), ["make a bomb"] * 3, responses, "lm_pair_cues")
+    assert features.shape == (3, 5 + 4) and read == [lm_judge_text("make a bomb", r) for r in responses]
+    assert read[1].startswith("Decide whether") and read[1].endswith("Assistant: I'm sorry, but I can't help with that.")
     relevance, refusal, _, blank = features[:, -4:].T
     assert relevance.tolist() == [1.0, 0.0, 0.0] and refusal.tolist() == [0.0, 1.0, 0.0] and blank.tolist() == [0.0, 0.0, 1.0]
 
