@@ -524,7 +524,7 @@ def _features_lm_pair_cues(embed: PairEmbedders, prompts: Sequence[str], respons
     return np.hstack([hidden, _response_cues(embed.sentence(prompts), embed.sentence(responses), responses)])
 
 
-BUILTIN_FEATURE_RECIPES: dict[str, Callable[[Embed, Sequence[str], Sequence[str]], np.ndarray]] = {
+BUILTIN_FEATURE_RECIPES: dict[str, Callable[[Any, Sequence[str], Sequence[str]], np.ndarray]] = {  # Any: Embed or PairEmbedders
     "response": _features_response,
     "prompt_response": _features_prompt_response,
     "prompt_response_product": _features_prompt_response_product,
@@ -545,7 +545,7 @@ def recipe_texts(recipe: str, prompts: Sequence[str], responses: Sequence[str]) 
     return texts
 
 
-def builtin_features(embed: Embed, prompts: Sequence[str], responses: Sequence[str], recipe: str) -> np.ndarray:
+def builtin_features(embed: Embed | PairEmbedders, prompts: Sequence[str], responses: Sequence[str], recipe: str) -> np.ndarray:
     """Feature matrix (n, d) for `recipe`; shared by the judge and its training script so they cannot drift."""
     if recipe not in BUILTIN_FEATURE_RECIPES:
         raise UserError(f"unknown builtin judge feature recipe '{recipe}'; pick one of {sorted(BUILTIN_FEATURE_RECIPES)}")
