@@ -28,13 +28,14 @@ from unlearnkit.errors import UserError
 from unlearnkit.modeling import decoder_layers
 
 
-def _flag(name: str, default: str = "false") -> bool:
+def env_flag(name: str, default: str = "false") -> bool:
+    """A true/false setting the accelerate launcher passes as an environment variable ("1", "true", "yes")."""
     return os.environ.get(name, default).strip().lower() in ("1", "true", "yes")
 
 
 def fsdp_launched() -> bool:
     """Whether ``accelerate launch`` started this process with an FSDP config (distributed_type: FSDP)."""
-    return _flag("ACCELERATE_USE_FSDP")
+    return env_flag("ACCELERATE_USE_FSDP")
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,13 @@ def fsdp_settings() -> FSDPSettings:
     if version != "2":
         raise UserError(f"fsdp_version {version} is not supported: unlearnkit shards with FSDP2; set fsdp_version: 2 "
                         "in the accelerate config (see configs/accelerate/fsdp.yaml)")
-    if _flag("FSDP_CPU_RAM_EFFICIENT_LOADING"):
+    if env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING"):
         raise UserError("fsdp_cpu_ram_efficient_loading: true is not supported (every process loads the model, then it is "
                         "sharded); set fsdp_cpu_ram_efficient_loading: false in the accelerate config")
-    if _flag("FSDP_ACTIVATION_CHECKPOINTING"):
+    if env_flag("FSDP_ACTIVATION_CHECKPOINTING"):
         raise UserError("fsdp_activation_checkpointing: true is not supported; set it to false and use the run setting "
                         "gradient_checkpointing=true instead")
-    return FSDPSettings(reshard_after_forward=_flag("FSDP_RESHARD_AFTER_FORWARD", "true"), offload_params=_flag("FSDP_OFFLOAD_PARAMS"))
+    return FSDPSettings(reshard_after_forward=env_flag("FSDP_RESHARD_AFTER_FORWARD", "true"), offload_params=env_flag("FSDP_OFFLOAD_PARAMS"))
 
 
 def shard(engine: torch.nn.Module, models: list[torch.nn.Module], device: torch.device, world: int,

@@ -23,7 +23,6 @@ import contextlib
 import errno
 import json
 import math
-import os
 import shutil
 import signal
 import tempfile
@@ -76,7 +75,7 @@ from unlearnkit.modeling import (
     save_merged,
     trainable_state,
 )
-from unlearnkit.sharding import fsdp_launched, fsdp_settings, full, held_bytes, shard
+from unlearnkit.sharding import env_flag, fsdp_launched, fsdp_settings, full, held_bytes, shard
 from unlearnkit.step import StepModule, compute_terms, set_attention  # noqa: F401  (compute_terms: the step, re-exported)
 
 @dataclass
@@ -293,7 +292,7 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     method = METHODS[config.method.name]
     needs = resolve_needs(method, config.method)
     # Launches unlearnkit cannot run are refused before accelerate starts (one line, not a traceback).
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true", "yes"):
+    if env_flag("ACCELERATE_USE_DEEPSPEED"):
         _refuse_engine("DEEPSPEED")
     # FSDP: unlearnkit shards the step itself (unlearnkit.sharding), on GPUs and on CPU (where accelerate's
     # processes stay plain MULTI_CPU ones), so the model is never given to accelerator.prepare.
