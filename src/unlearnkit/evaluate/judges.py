@@ -574,6 +574,10 @@ def minilm_embed(texts: Sequence[str], device: str = "cpu", batch_size: int = 64
     )
 
 
+BUILTIN_LM_SETTINGS = {"model": "smollm2-135m", "layer": 18, "max_tokens": 320}
+"""The `LMPooler` the builtin judge's lm recipes read (stored in its weights file as "lm")."""
+
+
 class LMPooler:
     """Mean-pooled hidden state of a causal LM at one layer: texts -> (n, hidden) float32.
 
@@ -585,7 +589,8 @@ class LMPooler:
     vector is the mean of the layer's output over the text's tokens.
     """
 
-    def __init__(self, model: str = "smollm2-135m", layer: int = 18, max_tokens: int = 320, device: str = "cpu", batch_size: int = 16) -> None:
+    def __init__(self, model: str = BUILTIN_LM_SETTINGS["model"], layer: int = BUILTIN_LM_SETTINGS["layer"],
+                 max_tokens: int = BUILTIN_LM_SETTINGS["max_tokens"], device: str = "cpu", batch_size: int = 16) -> None:
         self.model_name, self.layer, self.max_tokens, self.device, self.batch_size = model, layer, max_tokens, str(device), batch_size
         self._loaded: tuple[Any, Any] | None = None
 
