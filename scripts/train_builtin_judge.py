@@ -241,7 +241,10 @@ class CachedEmbedder:
         return time.time() - started
 
     def __call__(self, texts) -> np.ndarray:
-        return np.stack([self.vectors[self.key(text)] for text in texts]) if len(texts) else np.zeros((0, 384), np.float32)
+        if len(texts):
+            return np.stack([self.vectors[self.key(text)] for text in texts])
+        width = len(next(iter(self.vectors.values()))) if self.vectors else 0  # this embedder's width (MiniLM 384, LM 576)
+        return np.zeros((0, width), np.float32)
 
 
 @dataclass
