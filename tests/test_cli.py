@@ -53,22 +53,45 @@ def _bad_input_cases(tmp_path: Path, tiny_model_dir: Path, qa_files) -> dict[str
     no_column.write_text('{"prompt": "q", "answer": "a"}\n')
     empty_answer = tmp_path / "empty.jsonl"
     empty_answer.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": "  "}\n')
+    null_question = tmp_path / "nullq.jsonl"
+    null_question.write_text('{"question": "q", "answer": "a"}\n{"question": null, "answer": "a2"}\n')
+    number_answer = tmp_path / "numa.json"
+    number_answer.write_text('[{"question": "q", "answer": "a"}, {"question": "q2", "answer": "a2"}, {"question": "q3", "answer": 42}]')
+    list_question = tmp_path / "listq.jsonl"
+    list_question.write_text('{"question": ["q"], "answer": "a"}\n')
+    null_normal_answer = tmp_path / "nulla.jsonl"
+    null_normal_answer.write_text('{"question": "q", "answer": "a"}\n{"question": "q2", "answer": "b"}\n{"question": "q3", "answer": null}\n')
     return {
         "missing file": ([f"forget={tmp_path / 'nope.jsonl'}"], "not found"),
         "malformed jsonl": ([f"forget={malformed}"], "line 2"),
         "missing column": ([f"forget={no_column}"], "no column 'question'"),
         "empty answer": ([f"forget={empty_answer}"], "row 2 has an empty answer"),
+        "null question": ([f"forget={null_question}"], f"{null_question}: row 2, column 'question' is null, not text"),
+        "number answer": ([f"forget={number_answer}"], f"{number_answer}: row 3, column 'answer' is a number (42), not text"),
+        "list question": ([f"forget={list_question}"], f"{list_question}: row 1, column 'question' is a list, not text"),
+        "null normal answer": ([f"normal={null_normal_answer}"], f"{null_normal_answer}: row 3, column 'answer' is null"),
+        "unknown hub model": (["model=nosuch-owner/nosuch-model"],
+                              "model 'nosuch-owner/nosuch-model' not found locally and the hub is unreachable: "
+                              "pass a local folder or check the name"),
+        "unknown hub dataset": (["forget=nosuch-owner/nosuch-data"],
+                                "dataset 'nosuch-owner/nosuch-data' not found locally and the hub is unreachable"),
+        "unknown hf: dataset": (["normal=hf:nosuch-owner/nosuch-data"],
+                                "dataset 'nosuch-owner/nosuch-data' not found locally and the hub is unreachable"),
         "unknown method": (["method=forgetti"], "unknown method 'forgetti'"),
-        "unknown model": ([f"model={tmp_path / 'no-such-model'}"], "cannot load model"),
+        "unknown model": ([f"model={tmp_path / 'no-such-model'}"], f"model folder '{tmp_path / 'no-such-model'}' not found"),
         "unknown key": (["learning_rate=1"], "unknown config key 'learning_rate'"),
         "bad type": (["max_steps=ten"], "max_steps"),
         "overwrite input model": ([f"output_dir={tiny_model_dir}"], "would overwrite the input model"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing file", "malformed jsonl", "missing column", "empty answer", "unknown method",
-                                  "unknown model", "unknown key", "bad type", "overwrite input model"])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_dir, qa_files, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["missing file", "malformed jsonl", "missing column", "empty answer", "null question",
+                                  "number answer", "list question", "null normal answer", "unknown method",
+                                  "unknown model", "unknown hub model", "unknown hub dataset", "unknown hf: dataset",
+                                  "unknown key", "bad type", "overwrite input model"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_dir, qa_files, tmp_path, capsys, monkeypatch):
+    # The hub as this machine sees it (no network), also where it has one: the answer must not depend on it.
+    monkeypatch.setattr("unlearnkit.hub.hub_reachable", lambda: False)
     overrides, expected = _bad_input_cases(tmp_path, tiny_model_dir, qa_files)[case]
     out = tmp_path / "out"
     argv = ["run", f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", f"output_dir={out}",
@@ -107,6 +130,33 @@ def test_console_script_exit_status_without_traceback(tmp_path):
                           env=env, cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("unlearnkit: error:")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "model=nosuch-owner/nosuch-model"], "model 'nosuch-owner/nosuch-model' not found locally and the hub is unreachable"),
+    (["run", "forget=nosuch-owner/nosuch-data"], "dataset 'nosuch-owner/nosuch-data' not found locally and the hub is unreachable"),
+])
+def test_unknown_hub_name_offline_is_one_line_in_a_real_process(argv, expected, tmp_path):
+    """The real process in offline mode: one stderr line (no retry warnings, no traceback), exit 2, nothing written."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-m", "unlearnkit.cli", *argv, f"output_dir={tmp_path / 'out'}", "max_steps=1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("row, expected", [
+    ('{"prompt": null, "response": "r"}', "row 2, column 'prompt' is null, not text"),
+    ('{"prompt": "p", "response": 3.5}', "row 2, column 'response' is a number (3.5), not text"),
+])
+def test_judge_input_with_a_null_or_number_is_one_line(row, expected, tmp_path, capsys):
+    source = tmp_path / "pairs.jsonl"
+    source.write_text('{"prompt": "p1", "response": "r1"}\n' + row + "\n")
+    code, _, err = run_cli(capsys, "judge", "--input", str(source), "--output", str(tmp_path / "out.jsonl"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"{source}: {expected}" in err, err
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 @pytest.mark.slow

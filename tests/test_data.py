@@ -556,3 +556,141 @@ def test_parquet_null_answer_is_an_empty_answer(tmp_path: Path) -> None:
     pd.DataFrame({"question": ["q1", "q2"], "answer": ["a1", None]}).to_parquet(path)
     with pytest.raises(UserError, match=r"row 2\b"):
         load_qa(str(path))
+
+
+@pytest.mark.parametrize("cell, kind", [("null", "null"), ("17", "a number (17)"), ("true", "a boolean (true)"),
+                                        ('["q"]', "a list"), ('{"q": 1}', "an object")])
+@pytest.mark.parametrize("column", ["question", "answer"])
+def test_a_non_text_question_or_answer_names_file_row_and_column(tmp_path: Path, column: str, cell: str, kind: str) -> None:
+    """Stringified, a null question trained as "None" (or an empty prompt) and a number as its digits."""
+    path = tmp_path / "rows.jsonl"
+    good = '{"question": "q1", "answer": "a1"}\n'
+    bad = {"question": "q2", "answer": "a2"}
+    line = json.dumps(bad).replace(f'"{bad[column]}"', cell)
+    path.write_text(good + good + line + "\n")
+    with pytest.raises(UserError) as info:
+        load_qa(str(path))
+    message = str(info.value)
+    assert message == f"{path}: row 3, column '{column}' is {kind}, not text; give a string there or remove the row"
+    assert "\n" not in message
+
+
+def test_a_null_in_a_parquet_question_or_a_json_list_names_the_row(tmp_path: Path) -> None:
+    import pandas as pd
+
+    path = tmp_path / "nulls.parquet"
+    pd.DataFrame({"question": ["q1", None], "answer": ["a1", "a2"]}).to_parquet(path)
+    with pytest.raises(UserError, match=r"row 2, column 'question' is null"):
+        load_qa(str(path))
+    path = tmp_path / "numbers.parquet"
+    pd.DataFrame({"question": ["q1", "q2"], "answer": [1, 2]}).to_parquet(path)
+    with pytest.raises(UserError, match=r"row 1, column 'answer' is a number \(1\)"):
+        load_qa(str(path))
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": None}]))
+    with pytest.raises(UserError, match=r"row 2, column 'answer' is null"):
+        load_qa(str(path))
+
+
+def test_a_non_text_row_is_named_by_its_place_in_the_file_when_filtered(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    rows = [{"question": "q1", "answer": "a1", "keep": "no"}, {"question": "q2", "answer": "a2", "keep": "yes"},
+            {"question": None, "answer": "a3", "keep": "yes"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=r"row 3, column 'question' is null"):
+        load_qa(str(path), where="keep=yes")
+
+
+def test_prompt_only_rows_take_a_null_answer_as_none_but_not_a_null_question(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "q1", "answer": null}\n{"question": "q2"}\n')
+    assert load_qa(str(path), need_answers=False) == [QAExample("q1", ""), QAExample("q2", "")]
+    path.write_text('{"question": "q1", "answer": null}\n{"question": null}\n')
+    with pytest.raises(UserError, match=r"row 2, column 'question' is null"):
+        load_qa(str(path), need_answers=False)
+    path.write_text('{"question": "q1", "answer": "a", "better": 5}\n')
+    with pytest.raises(UserError, match=r"row 1, column 'better' is a number"):
+        load_qa(str(path), preferred_column="better")
+
+
+# ------------------------------------------------------------------------------ hub names, no network
+class _Loader:
+    """Stands in for AutoModelForCausalLM: records how it was asked, finds only ``cached/model`` in the cache."""
+
+    calls: list = []
+
+    @classmethod
+    def from_pretrained(cls, name, **kwargs):
+        cls.calls.append((name, kwargs))
+        if kwargs.get("local_files_only") and name != "cached/model":
+            raise OSError("not in the cache")
+        return f"loaded {name}"
+
+
+def test_hub_unreachable_reads_only_the_cache_and_names_a_missing_model_in_one_line(monkeypatch) -> None:
+    from unlearnkit import hub
+
+    _Loader.calls = []
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    assert hub.from_pretrained(_Loader, "cached/model") == "loaded cached/model"
+    assert _Loader.calls == [("cached/model", {"local_files_only": True})]
+    with pytest.raises(UserError) as info:
+        hub.from_pretrained(_Loader, "nosuch/model", revision="main")
+    assert str(info.value) == ("model 'nosuch/model' not found locally and the hub is unreachable: "
+                               "pass a local folder or check the name")
+    with pytest.raises(UserError, match=r"model folder '\./nowhere/model' not found; check the path"):
+        hub.from_pretrained(_Loader, "./nowhere/model")
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)  # online: the libraries' own path, untouched
+    _Loader.calls = []
+    assert hub.from_pretrained(_Loader, "owner/model", revision="v1") == "loaded owner/model"
+    assert _Loader.calls == [("owner/model", {"revision": "v1"})]
+
+
+def test_hub_reachable_is_false_offline_or_when_the_endpoint_does_not_answer(monkeypatch) -> None:
+    import huggingface_hub
+
+    from unlearnkit import hub
+
+    class Session:
+        def head(self, url, timeout):
+            raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Session())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub.hub_reachable.cache_clear()
+    try:
+        assert hub.hub_reachable() is False
+        hub.hub_reachable.cache_clear()
+        monkeypatch.setattr(Session, "head", lambda self, url, timeout: None)
+        assert hub.hub_reachable() is True
+        hub.hub_reachable.cache_clear()
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert hub.hub_reachable() is False
+    finally:
+        hub.hub_reachable.cache_clear()
+
+
+def test_hub_dataset_unreachable_reads_the_cache_offline_or_names_it(monkeypatch) -> None:
+    import datasets
+    import datasets.config
+
+    from unlearnkit import hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    seen = []
+
+    def load_dataset(name, subset, split):
+        seen.append(datasets.config.HF_HUB_OFFLINE)  # no request may be made: offline while it runs
+        if name == "cached/data":
+            return [{"question": "q", "answer": "a"}]
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    before = datasets.config.HF_HUB_OFFLINE
+    assert load_rows("cached/data") == [{"question": "q", "answer": "a"}]
+    with pytest.raises(UserError) as info:
+        load_rows("hf:nosuch/data:subset")
+    assert str(info.value) == ("dataset 'nosuch/data' not found locally and the hub is unreachable: "
+                               "pass a local folder or check the name")
+    assert seen == [True, True] and datasets.config.HF_HUB_OFFLINE == before

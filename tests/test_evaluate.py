@@ -253,6 +253,24 @@ def test_prompt_only_sets_take_answers_only_when_every_row_has_one(tmp_path):
     path.write_text('{"question": "a"}\n{"text": "b"}\n')
     with pytest.raises(UserError, match="row 2"):
         prompt_only_set("p", "benign", str(path), 0)
+    path.write_text('{"question": "a", "answer": null}\n{"question": null}\n')
+    with pytest.raises(UserError, match=r"row 2, column 'question' is null, not text"):
+        prompt_only_set("p", "benign", str(path), 0)
+
+
+def test_eval_sets_with_a_null_or_number_cell_are_one_line_exit_2(tiny_model_dir, tmp_path, judge_dir, capsys):
+    """Through the CLI: a benign set with a null question, a hallucination set with a number for an answer."""
+    benign = tmp_path / "benign.jsonl"
+    benign.write_text('{"question": "Say hi"}\n{"question": null}\n')
+    halu = tmp_path / "halu.jsonl"
+    halu.write_text('{"question": "q", "answer": "wrong", "right_answer": 1912}\n')
+    for override, expected in [(f"eval_benign={benign}", f"{benign}: row 2, column 'question' is null, not text"),
+                               (f"eval_hallucination={halu}", f"{halu}: row 1, column 'right_answer' is a number (1912)")]:
+        out = tmp_path / "o"
+        code, _, err = _cli(capsys, "eval", "--model", str(tiny_model_dir), "--judge", str(judge_dir), "--output", str(out),
+                            override, "max_new_tokens=2")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+        assert "Traceback" not in err and not out.exists()
 
 
 def test_format_value_shows_intervals():
@@ -289,6 +307,8 @@ def test_eval_cli_end_to_end(tiny_model_dir, tmp_path, eval_files, judge_dir, ca
 @pytest.mark.parametrize("content, expected", [
     ("", "is empty"),
     ('{"text": "hi"}\n', "no 'prompt' field"),
+    ('{"prompt": "hi"}\n{"prompt": null}\n', "bad.jsonl: row 2, column 'prompt' is null, not text"),
+    ('{"prompt": 7}\n', "bad.jsonl: row 1, column 'prompt' is a number (7), not text"),
 ])
 def test_eval_cli_rejects_bad_prompt_files(tiny_model_dir, tmp_path, judge_dir, capsys, content, expected):
     bad = tmp_path / "bad.jsonl"

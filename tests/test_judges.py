@@ -423,10 +423,15 @@ def test_load_judge_rejects_bad_specs(spec):
 
 
 def test_load_judge_reports_unloadable_models(tmp_path, monkeypatch):
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # never wait on the network
-    for spec in [str(tmp_path / "missing"), str(tmp_path), "no-such-org/no-such-judge", f"generative:{tmp_path}"]:
+    monkeypatch.setattr("unlearnkit.hub.hub_reachable", lambda: False)  # never wait on the network
+    for spec in [str(tmp_path), f"generative:{tmp_path}"]:  # a folder without a model in it
         with pytest.raises(UserError, match=r"cannot load judge .*use --judge builtin or a local model folder"):
             load_judge(spec)
+    with pytest.raises(UserError, match=r"judge folder '.*missing' not found; check the path"):
+        load_judge(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="judge 'no-such-org/no-such-judge' not found locally and the hub is unreachable: "
+                                        "pass a local folder or check the name"):
+        load_judge("no-such-org/no-such-judge")
 
 
 def test_load_judge_builds_each_kind(binary_classifier, causal_lm):

@@ -111,7 +111,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from unlearnkit.data import read_table
+    from unlearnkit.data import read_table, text_cell
     from unlearnkit.evaluate.judges import load_judge
 
     source = Path(args.input)
@@ -122,7 +122,9 @@ def _cmd_judge(args: argparse.Namespace) -> int:
         raise UserError(f"input file {args.input} is empty; give one {{\"prompt\", \"response\"}} object per line")
     for number, row in enumerate(rows, 1):
         for key in ("prompt", "response"):
-            if not isinstance(row.get(key), str):
+            if key in row:
+                text_cell(row, key, args.input, number)  # a null or a number: one line naming row and column
+            else:
                 raise UserError(f"{args.input}: row {number} has no '{key}' text field; each row needs prompt and response")
     judge = load_judge(args.judge, args.threshold)
     verdicts = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])

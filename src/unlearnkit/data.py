@@ -93,7 +93,17 @@ def _load_hub_rows(name: str, split: str) -> list[dict[str, Any]]:
     """Rows of a hub dataset ``owner/name`` or ``owner/name:subset`` (e.g. truthfulqa/truthful_qa:generation)."""
     import datasets
 
+    from unlearnkit import hub
+
     name, _, subset = name.partition(":")
+    if not hub.hub_reachable():  # only the local cache: no minute of retries for a name that is not there
+        try:
+            with hub.datasets_offline():
+                return list(datasets.load_dataset(name, subset or None, split=split))
+        except OSError:  # not cached (datasets raises ConnectionError / FileNotFoundError, both OSError)
+            raise hub.unreachable_error("dataset", name) from None
+        except Exception as exc:  # cached, but e.g. a bad split: one line is enough
+            raise UserError(f"cannot load hub dataset '{name}' (split {split}): {str(exc).splitlines()[0]}") from None
     try:
         return list(datasets.load_dataset(name, subset or None, split=split))
     except Exception as exc:  # network, missing dataset, bad split: one line is enough
@@ -153,13 +163,45 @@ def load_qa(
     return examples[:limit] if limit else examples
 
 
+def _json_kind(value: Any) -> str:
+    """How a cell's value reads to someone who wrote the file: JSON's names for its types."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)) or type(value).__module__ == "numpy":
+        return f"a number ({value})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def text_cell(row: dict[str, Any], column: str, source: str, number: int, *, allow_null: bool = False) -> str | None:
+    """The text in ``row[column]``. A JSON null (also a Parquet/CSV missing value) or a non-string value
+    raises one UserError line naming the source, row and column: stringified, a null question trained as the
+    text "None" or as an empty prompt, and a number as its digits. ``allow_null`` returns None for a null."""
+    value = row.get(column)
+    if isinstance(value, str):
+        return value
+    if value is None and allow_null:
+        return None
+    raise UserError(f"{source}: row {number}, column '{column}' is {_json_kind(value)}, not text; "
+                    "give a string there or remove the row")
+
+
 def _load_qa_part(source: str, split: str, question_column: str, answer_column: str, where: str,
                   need_answers: bool, preferred_column: str = "") -> list[QAExample]:
-    rows = filter_rows(load_rows(source, split), where, source)
+    all_rows = load_rows(source, split)
+    rows = filter_rows(all_rows, where, source)
     if not rows:
         raise UserError(f"dataset {source} has no rows" + (f" matching {where}" if where else ""))
+    # Messages name a row by its place in the file, also when a filter dropped the rows before it.
+    place = {id(row): number for number, row in enumerate(all_rows, start=1)}
     examples = []
-    for number, row in enumerate(rows, start=1):
+    for row in rows:
+        number = place[id(row)]
         required = (question_column, answer_column) if need_answers else (question_column,)
         for column in (*required, *([preferred_column] if preferred_column else [])):
             if column not in row:
@@ -167,12 +209,14 @@ def _load_qa_part(source: str, split: str, question_column: str, answer_column: 
                     f"{source}: row {number} has no column '{column}' (columns: {', '.join(map(str, row))}); "
                     "set the *_question_column / *_answer_column config keys"
                 )
-        question, answer = str(row[question_column] or "").strip(), str(row.get(answer_column) or "").strip()
+        question = text_cell(row, question_column, source, number).strip()
+        # Without need_answers the answers are generated later: a null or absent answer is simply none.
+        answer = (text_cell(row, answer_column, source, number, allow_null=not need_answers) or "").strip()
         if need_answers and not answer:
             raise UserError(f"{source}: row {number} has an empty answer in column '{answer_column}'; remove or fill it")
         preferred = None
         if preferred_column:
-            preferred = str(row[preferred_column] or "").strip()
+            preferred = text_cell(row, preferred_column, source, number).strip()
             if not preferred:
                 raise UserError(f"{source}: row {number} has an empty preferred answer in column '{preferred_column}'; remove or fill it")
         examples.append(QAExample(question, answer, preferred))

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
+from unlearnkit import hub
 from unlearnkit.config import ModelConfig
 from unlearnkit.errors import UserError
 
@@ -92,7 +93,9 @@ def load_tokenizer(config: ModelConfig) -> Any:
 
     path = resolve_model_path(config.name)
     try:
-        return AutoTokenizer.from_pretrained(path, revision=config.revision, trust_remote_code=config.trust_remote_code)
+        return hub.from_pretrained(AutoTokenizer, path, revision=config.revision, trust_remote_code=config.trust_remote_code)
+    except UserError:
+        raise
     except Exception as exc:  # OSError, ValueError, HTTP errors: all mean "cannot load this name"
         raise _load_error(config.name, exc) from None
 
@@ -102,9 +105,11 @@ def load_model(config: ModelConfig, dtype: torch.dtype = torch.float32) -> torch
 
     path = resolve_model_path(config.name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, revision=config.revision, trust_remote_code=config.trust_remote_code, dtype=dtype
+        model = hub.from_pretrained(
+            AutoModelForCausalLM, path, revision=config.revision, trust_remote_code=config.trust_remote_code, dtype=dtype
         )
+    except UserError:
+        raise
     except Exception as exc:
         raise _load_error(config.name, exc) from None
     if config.gradient_checkpointing:

@@ -134,8 +134,10 @@ def _one_line(error: BaseException, limit: int = 240) -> str:
 
 def _load_pretrained(loader: Any, name: str, **kwargs: Any) -> Any:
     """`loader.from_pretrained(name)`, turning "not found / not reachable" into a UserError."""
+    from unlearnkit import hub
+
     try:
-        return loader.from_pretrained(name, **kwargs)
+        return hub.from_pretrained(loader, name, kind="judge", **kwargs)
     except (OSError, ValueError, KeyError) as error:  # missing files, bad repo id, offline hub, unknown model type
         raise UserError(
             f"cannot load judge '{name}': {_one_line(error)}; use --judge builtin or a local model folder"

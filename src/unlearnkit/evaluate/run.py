@@ -34,7 +34,7 @@ import numpy as np
 
 from unlearnkit import __version__
 from unlearnkit.config import TRAINED, EvalConfig, ModelConfig, RunConfig
-from unlearnkit.data import QAExample, load_qa, load_rows, read_table
+from unlearnkit.data import QAExample, load_qa, load_rows, read_table, text_cell
 from unlearnkit.errors import UserError
 from unlearnkit.evaluate import metrics
 from unlearnkit.evaluate.generate import GenerationSettings, Generations, generate, score_answers
@@ -86,11 +86,16 @@ def qa_set(name: str, kind: str, source: str, limit: int, template: str | None =
 def prompt_only_set(name: str, kind: str, source: str, limit: int) -> PromptSet:
     """A set of prompts (``question`` column); answers are used when every row has one."""
     rows = _limit(load_rows(source), limit)
+    questions, answers = [], []
     for number, row in enumerate(rows, 1):
-        if not str(row.get("question") or "").strip():
+        if "question" not in row:
             raise UserError(f"{source}: row {number} has no 'question' text; prompt sets need a question column")
-    answers = [str(r.get("answer") or "").strip() for r in rows]
-    return PromptSet(name, kind, source, [str(r["question"]).strip() for r in rows], answers if all(answers) else None)
+        question = text_cell(row, "question", source, number).strip()
+        if not question:
+            raise UserError(f"{source}: row {number} has no 'question' text; prompt sets need a question column")
+        questions.append(question)
+        answers.append((text_cell(row, "answer", source, number, allow_null=True) or "").strip())
+    return PromptSet(name, kind, source, questions, answers if all(answers) else None)
 
 
 def hallucination_set(source: str, limit: int) -> PromptSet:
@@ -99,8 +104,9 @@ def hallucination_set(source: str, limit: int) -> PromptSet:
         missing = {"question", "answer", "right_answer"} - row.keys()
         if missing:
             raise UserError(f"{source}: row {number} lacks {', '.join(sorted(missing))}; hallucination sets need question, answer (hallucinated), right_answer")
-    return PromptSet("hallucination", "hallucination", source, [r["question"] for r in rows],
-                     [r["right_answer"] for r in rows], [r["answer"] for r in rows])
+    cells = [[text_cell(row, column, source, number) for column in ("question", "right_answer", "answer")]
+             for number, row in enumerate(rows, 1)]
+    return PromptSet("hallucination", "hallucination", source, [c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells])
 
 
 def prompt_file_set(path: str, name: str = "prompts") -> PromptSet:
@@ -113,7 +119,7 @@ def prompt_file_set(path: str, name: str = "prompts") -> PromptSet:
         raise UserError(f"prompt file {path} is empty; give one {{\"prompt\": ...}} object per line")
     prompts = []
     for number, row in enumerate(rows, 1):
-        text = str(row.get("prompt") or "").strip()
+        text = text_cell(row, "prompt", path, number).strip() if "prompt" in row else ""
         if not text:
             raise UserError(f"{path}: row {number} has no 'prompt' field (or it is empty); each row needs a non-empty \"prompt\"")
         prompts.append(text)
