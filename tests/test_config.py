@@ -273,3 +273,28 @@ def test_every_shipped_config_loads() -> None:
             config = load_config(path)
         assert config.train.max_steps >= 1, path
         assert math.isfinite(config.train.lr) and config.train.lr > 0, path
+
+
+def test_methods_do_not_depend_on_the_config():
+    """The dependency is one way (config -> methods -> losses): methods read settings through
+    methods.MethodSettings, which MethodConfig satisfies field for field, and never import the config."""
+    import os
+    import subprocess
+    import sys
+    import typing
+
+    from tests.conftest import REPO
+    from unlearnkit import methods
+    from unlearnkit.config import MethodConfig
+
+    source = (REPO / "src" / "unlearnkit" / "methods.py").read_text()
+    assert "unlearnkit.config" not in source and "MethodConfig" not in source.replace("config.MethodConfig", "")
+    wanted = typing.get_type_hints(methods.MethodSettings)
+    fields = {f.name: f.type for f in dataclasses.fields(MethodConfig)}
+    for name, kind in wanted.items():
+        assert name in fields, f"MethodConfig lacks {name}, which methods read"
+        assert fields[name] in (kind, kind.__name__), (name, fields[name], kind)
+    code = "import sys, unlearnkit.methods; print('unlearnkit.config' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")}).stdout.strip()
+    assert out == "False"

@@ -14,14 +14,33 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 
 from unlearnkit.losses import dpo_loss, npo_loss, rmu_direction, rmu_losses, simnpo_loss
 
-if TYPE_CHECKING:  # the config only reaches methods at call time (config.validate imports this module)
-    from unlearnkit.config import MethodConfig
+
+class MethodSettings(Protocol):
+    """The settings a method reads: the weights and hyper-parameters of a run's method section.
+
+    ``config.MethodConfig`` has every one of them (tested), but methods name only this, so the
+    dependency runs one way: config -> methods (the config checks method names and needs against
+    METHODS) -> losses; methods never import the config."""
+
+    name: str
+    regularizer: str
+    w_forget: float
+    w_mismatch: float
+    w_normal: float
+    w_retain: float
+    npo_beta: float
+    simnpo_beta: float
+    simnpo_gamma: float
+    dpo_beta: float
+    rmu_coeff: float
+    rmu_alpha: float
+    rmu_seed: int
 
 
 # Refusals the idk_* methods train towards; one is drawn per forget example from (seed, step).
@@ -185,7 +204,7 @@ def _need_term(value: torch.Tensor | None, name: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Method:
-    combine: Callable[[StepTerms, "MethodConfig"], torch.Tensor]
+    combine: Callable[[StepTerms, MethodSettings], torch.Tensor]
     needs: Needs
     summary: str
     paper: str = "Yao, Xu, Liu 2023, arXiv 2310.10683"
@@ -207,12 +226,12 @@ class Method:
         return _with_regularizer(self, self.default_regularizer).step_needs
 
 
-def regularizer_of(method: Method, config: "MethodConfig") -> str:
+def regularizer_of(method: Method, config: MethodSettings) -> str:
     """The regularizer a run uses: the configured one, or the method's default for ``auto``."""
     return method.default_regularizer if config.regularizer == "auto" else config.regularizer
 
 
-def resolve_needs(method: Method, config: "MethodConfig") -> Needs:
+def resolve_needs(method: Method, config: MethodSettings) -> Needs:
     """The method's own needs plus those of its regularizer."""
     return _with_regularizer(method, regularizer_of(method, config))
 
@@ -224,31 +243,31 @@ def _with_regularizer(method: Method, chosen: str) -> Needs:
 
 
 # ------------------------------------------------------------------------------------------- the paper's methods
-def _ga(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _ga(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """w_fgt * L_fgt with L_fgt = -mean NLL(forget answer | forget prompt)."""
     return -c.w_forget * t.forget_nll.mean()
 
 
-def _ga_mismatch(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _ga_mismatch(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     return _ga(t, c) + c.w_mismatch * _need_term(t.mismatch_nll, "mismatch_nll").mean()
 
 
-def _ga_kl(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _ga_kl(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     return _ga(t, c) + c.w_normal * _need_term(t.kl, "kl")
 
 
-def _ga_mismatch_kl(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _ga_mismatch_kl(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """The paper's full objective: w_fgt*L_fgt + w_rdn*L_rdn + w_nor*L_nor."""
     return _ga_mismatch(t, c) + c.w_normal * _need_term(t.kl, "kl")
 
 
-def _finetune(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _finetune(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """Plain gradient DEscent on the forget set: plants memorized text (copyright scenario set-up)."""
     return t.forget_nll.mean()
 
 
 # ------------------------------------------------------------------------------------------- the field's methods
-def _regularizer(t: StepTerms, c: "MethodConfig") -> torch.Tensor | float:
+def _regularizer(t: StepTerms, c: MethodSettings) -> torch.Tensor | float:
     """R = w_normal * KL(original||current) on normal data, or w_retain * mean NLL(normal answers), or 0."""
     chosen = regularizer_of(METHODS[c.name], c) if c.name in METHODS else c.regularizer
     if chosen == "kl":
@@ -262,7 +281,7 @@ def _log(t: StepTerms, **parts: torch.Tensor) -> None:
     t.logged.update({name: float(value.detach()) for name, value in parts.items()})
 
 
-def _grad_diff(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _grad_diff(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """Gradient difference (Liu et al. 2022, "Continual learning and private unlearning"; TOFU, Maini et al. 2024):
 
         L = -mean_i NLL(y_i | x_i)  +  R,   R = w_retain * mean_j NLL(normal answer_j | normal prompt_j)
@@ -270,7 +289,7 @@ def _grad_diff(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
     return -t.forget_nll.mean() + _regularizer(t, c)
 
 
-def _npo(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _npo(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """NPO (Zhang, Lin, Bai, Mei 2024, "Negative Preference Optimization", arXiv 2404.05868):
 
         L = -(2/beta) mean_i log sigmoid(-beta (log pi(y_i|x_i) - log pi_ref(y_i|x_i)))  +  R
@@ -281,7 +300,7 @@ def _npo(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
     return npo + _regularizer(t, c)
 
 
-def _simnpo(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _simnpo(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """SimNPO (Fan et al. 2024, "Simplicity Prevails: Rethinking NPO for LLM Unlearning", arXiv 2410.07163):
 
         L = -(2/beta) mean_i log sigmoid(-(beta/|y_i|) log pi(y_i|x_i) - gamma)  +  R      (no reference model)
@@ -291,7 +310,7 @@ def _simnpo(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
     return simnpo + _regularizer(t, c)
 
 
-def _idk_nll(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _idk_nll(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """IDK fine-tuning (TOFU, Maini et al. 2024, arXiv 2401.06121): learn a refusal for each forget prompt.
 
         L = mean_i NLL(refusal_i | x_i)  +  R
@@ -299,7 +318,7 @@ def _idk_nll(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
     return t.mean_nll("preferred").mean() + _regularizer(t, c)
 
 
-def _preference(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _preference(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """DPO with the preferred answer y_w (a refusal for idk_dpo, a given alternative for dpo) over the forget answer y_l
     (Rafailov et al. 2023, arXiv 2305.18290; as an unlearning baseline: TOFU and NPO papers):
 
@@ -316,7 +335,7 @@ def _direction(hidden_size: int, seed: int) -> torch.Tensor:
     return rmu_direction(hidden_size, seed)
 
 
-def _rmu(t: StepTerms, c: "MethodConfig") -> torch.Tensor:
+def _rmu(t: StepTerms, c: MethodSettings) -> torch.Tensor:
     """RMU (Li et al. 2024, "The WMDP Benchmark", arXiv 2403.03218, section 5), at layer ``rmu_layer``:
 
         L = mean_{forget answer tokens} ||h(t) - c u||^2 / D  +  alpha * mean_{normal tokens} ||h(t) - h_ref(t)||^2 / D
