@@ -128,6 +128,8 @@ class EvalConfig:
     eval_forget: str = _f(TRAINED, "harmful prompts the model was asked to forget: 'trained' = the run's forget data; '' = none")
     eval_heldout: str = _f("pku_harmful_test", "held-out harmful prompts never trained on (checked disjoint from the forget data)")
     eval_benign: str = _f("selfinstruct_benign", "benign instructions never trained on: on-topic rate, similarity to the original, refusals")
+    eval_benign2: str = _f("", "a second benign source never trained on (utility on more than one source), e.g. toxicchat_benign "
+                           "(real user prompts); '' = none")
     eval_overrefusal: str = _f("xstest_safe", "safe prompts that look unsafe: refusal rate (over-refusal)")
     eval_normal: str = _f("truthfulqa_test", "normal Q&A with reference answers: normal_ppl (marked in-distribution when it shares the normal data's source)")
     eval_extraction: str = _f("", "extraction prompts (prefix -> true continuation) for the leak rate: 'trained', a dataset, or '' = none")
