@@ -99,6 +99,9 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
+    sam_rho: float = _f(0.0, "sharpness-aware updates (SAM, Foret et al. 2021; against relearning: Fan et al. 2025): each step's "
+                        "gradient is taken at the weights moved rho along the normalised gradient, so the run settles where "
+                        "nearby weights forget too; 0 = off (each step then costs one forward/backward more)")
     precision: str = _f("fp32", "compute precision; bf16 also holds the frozen reference copy in bf16", choices=("fp32", "bf16"))
     attention: str = _f("auto", "attention kernel of the packed step (must honour its per-sequence mask): auto (= sdpa; eager "
                         "measured within noise of it on CPU), sdpa or eager", choices=("auto", "sdpa", "eager"))
@@ -297,6 +300,7 @@ def validate(config: RunConfig) -> None:
         (t.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (t.pack_tokens >= 1 and t.logit_chunk >= 1, "pack_tokens and logit_chunk must be >= 1"),
         (math.isfinite(t.continue_factor) and t.continue_factor >= 0, "continue_factor must be a finite number >= 0"),
+        (math.isfinite(t.sam_rho) and t.sam_rho >= 0, "sam_rho must be a finite number >= 0"),
         (m.num_mismatch >= 1, "num_mismatch must be >= 1"),
         (all(math.isfinite(w) and w >= 0 for w in (m.w_forget, m.w_mismatch, m.w_normal)), "method weights must be finite and >= 0"),
         (d.max_length >= 8, "max_length must be >= 8"),
