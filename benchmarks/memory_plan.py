@@ -1,4 +1,4 @@
-"""The multi-GPU memory plan of README "Scaling out", computed on paper (no GPU measured).
+"""The multi-GPU memory plan of docs/scaling.md, computed on paper (no GPU measured).
 
 Bytes per parameter of the model state each GPU holds: policy weights, reference, gradients and
 AdamW state, for full finetuning / LoRA x DDP / FSDP x precision, and the smallest setup

@@ -32,7 +32,7 @@ from unlearnkit.modeling import Reference
 
 ATTENTION_PATHS = ("auto", "sdpa", "eager")
 """Attention kernels that honour the packed 4-D mask. ``auto`` = sdpa (on CPU eager measured within
-noise of it, README performance; sdpa is the faster kernel family on GPUs). Flash-attention kernels take no arbitrary mask and
+noise of it, docs/performance.md; sdpa is the faster kernel family on GPUs). Flash-attention kernels take no arbitrary mask and
 cannot express a shared prompt; they are refused rather than silently attending across sequences."""
 
 DEFAULT_ROW_TOKENS = 512

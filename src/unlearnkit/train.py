@@ -270,7 +270,7 @@ class Run:
 
 def _refuse_engine(kind: str) -> None:
     raise UserError(f"accelerate distributed_type {kind} is not supported: use configs/accelerate/fsdp.yaml (sharded) or "
-                    "configs/accelerate/ddp.yaml (see README Scaling out)")
+                    "configs/accelerate/ddp.yaml (see docs/scaling.md)")
 
 
 def hidden_layer_of(config: MethodConfig, needs: Needs) -> int | None:
