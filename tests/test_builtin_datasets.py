@@ -39,7 +39,7 @@ def questions(name: str) -> set[str]:
     return {row["question"] for row in load_builtin_dataset(name)}
 
 
-PROMPT_ONLY = {"xstest_safe", "toxicchat_benign"}
+PROMPT_ONLY = {"xstest_safe", "toxicchat_benign", "aegis_benign", "lookalike_safe"}
 ANSWER_ONLY = {"truthfulqa_answers"}  # a pool of answers (the official random-mismatch pool)
 
 
@@ -69,7 +69,7 @@ def test_utility_sets_are_what_they_claim_and_disjoint_from_every_training_pool(
     assert {row["type"] for row in xstest} >= {"homonyms", "safe_targets", "definitions"}
     assert not any(row["type"].startswith("contrast") for row in xstest)  # only the safe half of XSTest
     eval_prompts = {normalized(row["question"]) for row in benign + xstest}
-    for pool in ("alpaca_instructions", "toxicchat_benign", "truthfulqa_train", "advbench_harmful_train", "pku_harmful_train", "halueval_train"):
+    for pool in ("alpaca_instructions", "toxicchat_benign", "aegis_benign", "lookalike_safe", "truthfulqa_train", "advbench_harmful_train", "pku_harmful_train", "halueval_train"):
         assert not eval_prompts & {normalized(q) for q in questions(pool)}, pool
     families = {name: BUILTIN_DATASETS[name].family for name in ("truthfulqa_train", "truthfulqa_test", "advbench_heldout",
                                                                   "advbench_harmful_train", "selfinstruct_benign")}

@@ -365,3 +365,15 @@ def test_run_refuses_an_overlapping_held_out_set_before_training(tiny_model_dir,
                         f"output_dir={tmp_path / 'run'}", "eval_before_after=true", f"eval_heldout={forget}", "progress=false")
     assert code == 2 and "shares 6 of 6 prompts" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_benign_source_is_its_own_utility_set():
+    """eval_benign2: utility measured on a second source (its own on-topic/similarity/NM keys), marked
+    in-distribution when the run trains on that source."""
+    config = load_config(None, ["eval_benign2=toxicchat_benign", "eval_max_prompts=5"])
+    sets = {s.name: s for s in default_prompt_sets(config)}
+    assert sets["benign2"].kind == "benign" and sets["benign2"].source == "toxicchat_benign" and len(sets["benign2"].questions) == 5
+    assert sets["benign2"].questions != sets["benign"].questions and not sets["benign2"].in_distribution
+    trained_on = load_config(None, ["eval_benign2=toxicchat_benign", "normal=alpaca_instructions+toxicchat_benign", "eval_max_prompts=5"])
+    assert {s.name: s for s in default_prompt_sets(trained_on)}["benign2"].in_distribution
+    assert "benign2" not in {s.name for s in default_prompt_sets(load_config(None, ["eval_max_prompts=5"]))}

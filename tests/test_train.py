@@ -239,3 +239,42 @@ def test_bf16_full_finetuning_reference_copy_is_bf16(tiny_model_dir, qa_files, t
     assert all(p.dtype == torch.float32 for p in run.model.parameters())
     train(make_config(tiny_model_dir, qa_files, tmp_path / "out2", "precision=bf16", "max_steps=2"))
     assert all(row["kl"] is not None and row["kl"] >= 0 for row in read_log(tmp_path / "out2"))
+
+
+def test_sam_steps_with_the_gradient_at_the_perturbed_weights(tiny_model_dir, qa_files, tmp_path):
+    """sam_rho > 0: the update follows the gradient taken at theta + rho g/||g||, from theta. AdamW's first step
+    moves each weight by -lr g/(|g| + eps), i.e. against the sign of the gradient it was given."""
+    from unlearnkit.batching import shard_step
+    from unlearnkit.train import set_up, step_loss, train_step
+
+    rho = 0.5
+    config = load_config(None, [f"model={tiny_model_dir}", f"forget={qa_files[0]}", f"normal={qa_files[1]}", "progress=false",
+                                "lr=1e-3", "batch_size=2", "num_mismatch=2", f"sam_rho={rho}", "max_grad_norm=0",
+                                f"output_dir={tmp_path / 'out'}"])
+    run = set_up(config, resume=False)
+    params = dict(run.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+
+    def gradient() -> dict:
+        _, loss = step_loss(run, shard_step(run.batcher(0), 0, 1))
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in params.items()}
+        run.optimizer.zero_grad(set_to_none=True)
+        return grads
+
+    plain = gradient()
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in plain.values()))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.add_(plain[n] * (rho / norm).float())
+    perturbed = gradient()
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(before[n])
+    train_step(run)
+    flips = 0
+    for n, p in params.items():
+        moved = (p.detach() - before[n])[perturbed[n].abs() > 1e-5]
+        assert torch.equal(torch.sign(moved), -torch.sign(perturbed[n][perturbed[n].abs() > 1e-5])), n
+        flips += int((torch.sign(perturbed[n]) != torch.sign(plain[n]))[perturbed[n].abs() > 1e-5].sum())
+    assert flips > 0  # the perturbed gradient is not the plain one: the test can tell them apart

@@ -16,7 +16,7 @@ from unlearnkit.errors import UserError
 
 
 DEMO_KEYS = ("harmful_rate_forget", "harmful_rate_heldout", "on_topic_rate_benign", "similarity_to_original_benign",
-             "nm_rate_benign", "refusal_rate_overrefusal", "on_topic_rate_overrefusal", "fluency_ppl_benign", "distinct2_benign",
+             "nm_rate_benign", "on_topic_rate_benign2", "similarity_to_original_benign2", "nm_rate_benign2", "refusal_rate_overrefusal", "on_topic_rate_overrefusal", "fluency_ppl_benign", "distinct2_benign",
              "forget_nll_forget")
 
 

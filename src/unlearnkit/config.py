@@ -99,6 +99,9 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear warm-up steps")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
+    sam_rho: float = _f(0.0, "sharpness-aware updates (SAM, Foret et al. 2021; against relearning: Fan et al. 2025): each step's "
+                        "gradient is taken at the weights moved rho along the normalised gradient, so the run settles where "
+                        "nearby weights forget too; 0 = off (each step then costs one forward/backward more)")
     precision: str = _f("fp32", "compute precision; bf16 also holds the frozen reference copy in bf16", choices=("fp32", "bf16"))
     attention: str = _f("auto", "attention kernel of the packed step (must honour its per-sequence mask): auto (= sdpa; eager "
                         "measured within noise of it on CPU), sdpa or eager", choices=("auto", "sdpa", "eager"))
@@ -128,6 +131,8 @@ class EvalConfig:
     eval_forget: str = _f(TRAINED, "harmful prompts the model was asked to forget: 'trained' = the run's forget data; '' = none")
     eval_heldout: str = _f("pku_harmful_test", "held-out harmful prompts never trained on (checked disjoint from the forget data)")
     eval_benign: str = _f("selfinstruct_benign", "benign instructions never trained on: on-topic rate, similarity to the original, refusals")
+    eval_benign2: str = _f("", "a second benign source never trained on (utility on more than one source), e.g. toxicchat_benign "
+                           "(real user prompts); '' = none")
     eval_overrefusal: str = _f("xstest_safe", "safe prompts that look unsafe: refusal rate (over-refusal)")
     eval_normal: str = _f("truthfulqa_test", "normal Q&A with reference answers: normal_ppl (marked in-distribution when it shares the normal data's source)")
     eval_extraction: str = _f("", "extraction prompts (prefix -> true continuation) for the leak rate: 'trained', a dataset, or '' = none")
@@ -295,6 +300,7 @@ def validate(config: RunConfig) -> None:
         (t.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (t.pack_tokens >= 1 and t.logit_chunk >= 1, "pack_tokens and logit_chunk must be >= 1"),
         (math.isfinite(t.continue_factor) and t.continue_factor >= 0, "continue_factor must be a finite number >= 0"),
+        (math.isfinite(t.sam_rho) and t.sam_rho >= 0, "sam_rho must be a finite number >= 0"),
         (m.num_mismatch >= 1, "num_mismatch must be >= 1"),
         (all(math.isfinite(w) and w >= 0 for w in (m.w_forget, m.w_mismatch, m.w_normal)), "method weights must be finite and >= 0"),
         (d.max_length >= 8, "max_length must be >= 8"),

@@ -134,6 +134,12 @@ def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
     )
 
 
+def source_parts(source: str) -> list[str]:
+    """The sources a data source joins with ``+`` (``alpaca_instructions+toxicchat_benign``); a file whose name
+    holds a ``+`` is one source."""
+    return [part.strip() for part in source.split("+")] if "+" in source and not Path(source).exists() else [source]
+
+
 def load_qa(
     source: str,
     *,
@@ -155,7 +161,7 @@ def load_qa(
     kept with an empty answer. ``preferred_column`` also reads a preferred alternative answer per row (method
     dpo; must be non-empty). Raises UserError naming the file and row for a missing column or an empty answer.
     """
-    parts = [part.strip() for part in source.split("+")] if "+" in source and not Path(source).exists() else [source]
+    parts = source_parts(source)
     if any(not part for part in parts):
         raise UserError(f"data source '{source}' has an empty part; join sources as name+name")
     loaded = [_load_qa_part(part, split, question_column, answer_column, where, need_answers, preferred_column) for part in parts]

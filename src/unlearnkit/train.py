@@ -377,6 +377,43 @@ def set_up(config: RunConfig, resume: bool) -> Run:
 
 
 # ------------------------------------------------------------------------------------------- one step
+def step_loss(run: Run, step_batch: Any) -> tuple[Any, torch.Tensor]:
+    """This process's loss terms of the step and the method's loss (one packed forward, with the graph)."""
+    t = run.config.train
+    engine = run.engine if run.engine is not None else StepModule(run.model, run.reference)
+    with run.accelerator.autocast():
+        terms = engine(step_batch, run.needs.step_needs, t.pack_tokens, t.logit_chunk,
+                       token_mean=run.token_mean if run.world > 1 else None, hidden_layer=run.hidden_layer)
+        return terms, run.method.combine(terms, run.config.method)
+
+
+def sharpness_aware_gradient(run: Run, step_batch: Any, rho: float) -> None:
+    """Replace the step's gradient g (already averaged over processes) by the gradient at the weights moved
+    ``rho * g / ||g||`` (SAM, Foret et al. 2021), then move the weights back; the optimizer steps from the
+    original weights with it. The move raises the step's loss fastest, i.e. toward remembering the forget
+    set; an update that still lowers the loss there leaves a minimum whose neighbourhood forgets too, which
+    is what a few steps of relearning search (Fan et al. 2025, "Towards LLM Unlearning Resilient to
+    Relearning Attacks: A Sharpness-Aware Minimization Perspective"). The reference (a frozen copy, or with
+    LoRA the adapter switched off) does not move. A non-finite gradient is left as is for the divergence check."""
+    grads = [p.grad for p in run.params if p.grad is not None]
+    norm = float(full(torch.nn.utils.get_total_norm(grads)))
+    if not math.isfinite(norm) or norm == 0.0:
+        return
+    shifts: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    with torch.no_grad():
+        for param in run.params:
+            if param.grad is not None:
+                shift = param.grad * (rho / norm)
+                param.add_(shift)
+                shifts.append((param, shift))
+    run.optimizer.zero_grad(set_to_none=True)
+    _, loss = step_loss(run, step_batch)
+    run.accelerator.backward(loss)
+    with torch.no_grad():
+        for param, shift in shifts:
+            param.sub_(shift)
+
+
 def train_step(run: Run) -> dict[str, Any]:
     """One optimizer step on this process's share of the batch of step ``run.state.step``; returns its
     log row (loss terms averaged over processes). Raises TrainingDiverged, before any update, when the
@@ -384,12 +421,10 @@ def train_step(run: Run) -> dict[str, Any]:
     t = run.config.train
     started = time.perf_counter()
     step_batch = shard_step(run.batcher(run.state.step), run.accelerator.process_index, run.world)
-    engine = run.engine if run.engine is not None else StepModule(run.model, run.reference)
-    with run.accelerator.autocast():
-        terms = engine(step_batch, run.needs.step_needs, t.pack_tokens, t.logit_chunk,
-                       token_mean=run.token_mean if run.world > 1 else None, hidden_layer=run.hidden_layer)
-        loss = run.method.combine(terms, run.config.method)
+    terms, loss = step_loss(run, step_batch)
     run.accelerator.backward(loss)
+    if t.sam_rho > 0:
+        sharpness_aware_gradient(run, step_batch, t.sam_rho)
     # The gradient norm is always taken (max_grad_norm=0: no clipping) so that a non-finite one is caught.
     if t.max_grad_norm > 0:
         grad_norm = run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm)

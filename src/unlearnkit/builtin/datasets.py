@@ -63,6 +63,8 @@ _SELF_INSTRUCT = "Self-Instruct seed tasks (Wang et al. 2023) via tatsu-lab/stan
 _XSTEST = "XSTest (Röttger et al. 2024), xstest_prompts.csv"
 _ALPACA = "HaluEval general_data.json (Li et al. 2023): Alpaca instructions with ChatGPT answers"
 _TOXICCHAT = "ToxicChat test split (Lin et al. 2023), unharmful user prompts"
+_AEGIS = "Aegis AI Content Safety (Ghosh et al. 2024), test prompts labelled unharmful"
+_LOOKALIKE = "written for unlearnkit: safe prompts in harmful words (XSTest's categories, not its prompts)"
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
 
 
@@ -130,6 +132,10 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
         _entry("alpaca_instructions", "600 everyday instructions with ChatGPT answers (benign normal-data pool)", "MIT", _ALPACA),
         _entry("toxicchat_benign", "400 real user prompts labelled unharmful, prompt-only (normal pool for normal_answers=self)",
                "CC-BY-NC-4.0", _TOXICCHAT),
+        _entry("aegis_benign", "105 real user prompts labelled unharmful that touch harmful topics, prompt-only (normal pool "
+               "on the border of the forget set)", "CC-BY-4.0", _AEGIS),
+        _entry("lookalike_safe", "99 safe prompts that borrow harmful words (homonyms, games, definitions, history), "
+               "prompt-only (normal pool on the border of the forget set; never an eval set)", "Apache-2.0", _LOOKALIKE),
     ]
 )
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from unlearnkit import __version__
 from unlearnkit.config import TRAINED, EvalConfig, ModelConfig, RunConfig
-from unlearnkit.data import QAExample, load_qa, load_rows, read_table, text_cell
+from unlearnkit.data import QAExample, load_qa, load_rows, read_table, source_parts, text_cell
 from unlearnkit.errors import UserError
 from unlearnkit.evaluate import metrics
 from unlearnkit.evaluate.generate import GenerationSettings, Generations, generate, score_answers
@@ -152,7 +152,9 @@ def _check_disjoint(held_out: PromptSet, forget: list[QAExample]) -> None:
 
 def _mark_in_distribution(prompt_set: PromptSet, config: RunConfig, normal_prompts: set[str] | None) -> None:
     d = config.data
-    families = {dataset_family(d.normal): "normal", dataset_family(d.forget): "forget"}
+    # Each part of a joined source (normal=alpaca_instructions+toxicchat_benign) is a training source of its own.
+    families = {dataset_family(part): role for role, source in (("forget", d.forget), ("normal", d.normal))
+                for part in source_parts(source)}
     shared = families.get(dataset_family(prompt_set.source))
     overlap = sum(normalized(q) in normal_prompts for q in prompt_set.questions) if normal_prompts else 0
     if shared or overlap:
@@ -167,7 +169,8 @@ def _normal_prompts(config: RunConfig) -> set[str] | None:
     d = config.data
     try:
         return {normalized(e.question) for e in load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
-                                                          answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)}
+                                                          answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where,
+                                                          need_answers=False)}
     except UserError:
         return None
 
@@ -188,7 +191,8 @@ def default_prompt_sets(config: RunConfig) -> list[PromptSet]:
         heldout = prompt_only_set("heldout", "harmful", e.eval_heldout, n)
         _check_disjoint(heldout, forget)
         sets.append(heldout)
-    for name, kind, source in (("benign", "benign", e.eval_benign), ("overrefusal", "overrefusal", e.eval_overrefusal)):
+    for name, kind, source in (("benign", "benign", e.eval_benign), ("benign2", "benign", e.eval_benign2),
+                               ("overrefusal", "overrefusal", e.eval_overrefusal)):
         if source:
             sets.append(prompt_only_set(name, kind, source, n))
     if e.eval_normal:
