@@ -9,6 +9,7 @@ fails every check), a 10-step train_log.jsonl and generations.jsonl with a <scri
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -114,7 +115,7 @@ def test_metric_table_formats_values_intervals_and_changes(report):
     # Rates change in points (62.0% -> 4.0%: -58.0 pts, lower is better); other metrics relatively:
     # distinct2 0.84 -> 0.71: -15%; normal_ppl 12.5 -> 14: +12%; forget_nll 1.25 -> 7.5: +500%.
     assert rows == {
-        "harmful_rate_forget": ["62.0% [45.0-78.0%]", "4.0% [0.0-10.0%]", "-58.0 pts better"],
+        "harmful_rate_forget ‡": ["62.0% [45.0-78.0%]", "4.0% [0.0-10.0%]", "-58.0 pts better"],
         "on_topic_rate_benign": ["100.0% [100.0-100.0%]", "27.5% [15.0-42.5%]", "-72.5 pts worse"],
         "similarity_to_original_benign": ["1.000", "0.300", "-70% worse"],
         "nm_rate_benign": ["0.0%", "6.0%", "+6.0 pts worse"],
@@ -125,7 +126,7 @@ def test_metric_table_formats_values_intervals_and_changes(report):
         "n_prompts": ["50", "50", "+0%"],
         "judge_margin": ["n/a", "0.1235", "n/a"],
     }
-    assert "| `harmful_rate_forget` | 62.0% [45.0-78.0%] | 4.0% [0.0-10.0%] | -58.0 pts better |" in markdown
+    assert "| `harmful_rate_forget` ‡ | 62.0% [45.0-78.0%] | 4.0% [0.0-10.0%] | -58.0 pts better |" in markdown
     assert "| `normal_ppl` † |" in markdown  # in-distribution marked
     assert "title='Fraction of outputs a harm judge flags as harmful.'" in page  # tooltip from the description
 
@@ -135,6 +136,58 @@ def test_judge_note_sits_before_the_metrics_table(report):
     note = "0.91 balanced accuracy on held-out labels; not the paper&#x27;s judge."
     assert page.index(note) < page.index("<table>")
     assert markdown.index("not the paper's judge") < markdown.index("| metric |")
+
+
+ERROR_BAR = ("Harmful rates are the verdicts of judge 'builtin', whose own balanced accuracy on held-out labels is "
+             "0.61-0.71 (leave one source out (trained without the source, scored on it): beavertails 0.71 (tpr 0.77, "
+             "tnr 0.65); pku 0.61 (tpr 0.56, tnr 0.66)): read every harmful rate with that error.")
+
+
+def test_every_harmful_rate_carries_the_judges_held_out_accuracy(report):
+    """The judge's own error bar beside each harmful rate: in the verdict, on the table row (‡) and its footnote."""
+    _, markdown, page = report
+    beside = "Forgetting: harmful rate on forget prompts 62.0% [45.0-78.0%] → 4.0% [0.0-10.0%] ‡ (judge's held-out balanced accuracy 0.61-0.71)"
+    for text in (markdown, html.unescape(page)):
+        assert beside in text
+        assert f"‡ = read by the harm judge. {ERROR_BAR}" in text
+        assert text.index("‡ = read by the harm judge") > text.index("harmful_rate_forget")  # under the table
+        assert f"Harm judge: builtin (threshold 0.5). Builtin judge, 0.91 balanced accuracy on held-out labels; not the paper's judge. {ERROR_BAR}" in text
+    assert "class='note judge-error'" in page
+
+
+def test_a_judge_without_held_out_figures_says_no_error_bar_is_known(run_dir):
+    results = json.loads((run_dir / "results.json").read_text())
+    del results["meta"]["judge"]["held_out_metrics"]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    markdown = write_report(run_dir)[0].read_text(encoding="utf-8")
+    assert "‡ (judge's held-out accuracy not recorded)" in markdown
+    assert "‡ = read by the harm judge. Harmful rates are the verdicts of judge 'builtin', whose accuracy on held-out labels is not recorded: no error bar is known for them." in markdown
+
+
+def test_printed_comparison_table_ends_with_the_judges_error_bar():
+    from unlearnkit.evaluate.run import comparison_table
+
+    results = json.loads((FIXTURE / "results.json").read_text())
+    table = comparison_table(results)
+    assert table.splitlines()[-1] == f"judge: {ERROR_BAR}"
+    assert "judge:" not in comparison_table(results, ["nm_rate_benign"])  # no harmful rate, no judge line
+    del results["meta"]["judge"]
+    assert "judge:" not in comparison_table(results)  # nothing known about a judge: nothing claimed
+
+
+def test_the_builtin_judge_records_its_leave_one_source_out_accuracy_in_the_results():
+    """The shipped weights' own table reaches results.json's meta (what every report above reads)."""
+    from unlearnkit.config import EvalConfig
+    from unlearnkit.evaluate.judges import BuiltinJudge
+    from unlearnkit.evaluate.run import _judge_meta, judge_accuracy_range
+
+    meta = _judge_meta(BuiltinJudge(), EvalConfig())
+    sources = meta["held_out_metrics"]["sources"]
+    assert set(sources) == {"beavertails", "pku", "xstest", "safeunlearning"}
+    assert all(0.5 <= row["balanced_accuracy"] <= 1 and {"tpr", "tnr", "n"} <= row.keys() for row in sources.values())
+    assert sources["pku"]["balanced_accuracy"] == pytest.approx((sources["pku"]["tpr"] + sources["pku"]["tnr"]) / 2, abs=1e-3)
+    low, high = judge_accuracy_range(meta)
+    assert low == min(r["balanced_accuracy"] for r in sources.values()) and high == max(r["balanced_accuracy"] for r in sources.values())
 
 
 def test_markdown_references_the_pngs_written_next_to_it(report):

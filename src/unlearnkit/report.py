@@ -32,7 +32,7 @@ from matplotlib.figure import Figure  # the object API renders with Agg and leav
 
 from unlearnkit.errors import UserError
 from unlearnkit.evaluate.metrics import metric_info
-from unlearnkit.evaluate.run import change_text, format_value
+from unlearnkit.evaluate.run import change_text, format_value, judge_accuracy_range, judge_error_bar
 
 __all__ = ["LOSS_TERMS", "MAX_RESPONSE_CHARS", "UTILITY_CHECKS", "Run", "load_run", "verdict", "write_report"]
 
@@ -211,11 +211,34 @@ def _failed(check: UtilityCheck, before: float, after: float) -> bool:
     return after > check.limit
 
 
+JUDGED_MARK = " ‡"
+"""Marks a metric read by the harm judge; the footnote under the metrics table gives the judge's error bar."""
+
+
+def _is_judged(key: str) -> bool:
+    return key.startswith("harmful_rate")
+
+
+def _judged_mark(run: Run, key: str) -> str:
+    """The ‡ of a harmful rate, where the results say which judge read it (the footnote then says how well)."""
+    return JUDGED_MARK if _is_judged(key) and isinstance(run.meta.get("judge"), dict) else ""
+
+
+def _judge_suffix(run: Run, key: str) -> str:
+    """Beside a harmful rate in the verdict: the judge's own held-out balanced accuracy (its error bar)."""
+    judge = run.meta.get("judge")
+    if not _is_judged(key) or not isinstance(judge, dict):
+        return ""
+    span = judge_accuracy_range(judge)
+    accuracy = f"held-out balanced accuracy {span[0]:.2f}-{span[1]:.2f}" if span else "held-out accuracy not recorded"
+    return f"{JUDGED_MARK} (judge's {accuracy})"
+
+
 def verdict(run: Run, label: str) -> Verdict:
     """Forgetting beside utility for one model against the baseline, with the utility checks applied."""
     baseline = run.labels[0]
     present = set(run.metric_keys)
-    forgetting = [_transition(run, k, label) for k in FORGETTING if k in present]
+    forgetting = [_transition(run, k, label) + _judge_suffix(run, k) for k in FORGETTING if k in present]
     utility = [_transition(run, k, label) for k in UTILITY if k in present]
     problems, checked = [], 0
     for check in UTILITY_CHECKS:
@@ -241,7 +264,8 @@ def _verdict_lines(run: Run) -> list[tuple[str, str]]:
         lines += [("utility", "Utility: " + text) for text in v.utility]
     if not others:
         present = set(run.metric_keys)
-        lines += [("forget", f"{baseline}: {_display_name(k)} {run.text(baseline, k)}") for k in FORGETTING + UTILITY if k in present]
+        lines += [("forget", f"{baseline}: {_display_name(k)} {run.text(baseline, k)}{_judge_suffix(run, k)}")
+                  for k in FORGETTING + UTILITY if k in present]
     return lines
 
 
@@ -383,7 +407,14 @@ def _judge_note(meta: dict[str, Any]) -> str:
     if not isinstance(judge, dict):
         return ""
     threshold = f" (threshold {judge['threshold']})" if judge.get("threshold") is not None else ""
-    return f"Harm judge: {judge.get('name', 'unnamed')}{threshold}. {judge.get('note', '')}".strip()
+    note = f"Harm judge: {judge.get('name', 'unnamed')}{threshold}. {judge.get('note', '')}".strip()
+    return f"{note} {judge_error_bar(judge)}"
+
+
+def _judged_footnote(run: Run, rows: list[MetricRow]) -> str:
+    """The footnote of the ‡-marked rows: every harmful rate carries the judge's error bar."""
+    bar = judge_error_bar(run.meta.get("judge"))
+    return f"‡ = read by the harm judge. {bar}" if bar and any(_is_judged(row.key) for row in rows) else ""
 
 
 def _details(run: Run) -> list[str]:
@@ -435,9 +466,11 @@ def _render_markdown(run: Run, rows: list[MetricRow], samples: dict, plots: list
     lines += ["## All metrics", "", "| " + " | ".join(map(_md_cell, header)) + " |", "|" + "---|" * len(header)]
     for row in rows:
         changes = [f"{text} {direction}".strip() for text, direction in row.changes]
-        mark = " †" if row.in_distribution else ""
+        mark = (" †" if row.in_distribution else "") + _judged_mark(run, row.key)
         lines.append("| " + " | ".join([f"`{row.key}`{mark}", *row.values, *changes]) + " |")
     lines += ["", CHANGE_NOTE, ""]
+    if footnote := _judged_footnote(run, rows):
+        lines += [_md_cell(footnote), ""]
     if samples:
         lines += ["## Sample outputs", "", f"**{CONTENT_WARNING}**", ""]
         for prompt_set, (columns, prompts) in samples.items():
@@ -487,12 +520,14 @@ def _render_html(run: Run, rows: list[MetricRow], samples: dict, pngs: dict[str,
     out.append("<h2>All metrics</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
     for row in rows:
         title = row.description + (f" ({row.in_distribution})" if row.in_distribution else "")
-        name = esc(row.key) + (" †" if row.in_distribution else "")
+        name = esc(row.key) + (" †" if row.in_distribution else "") + _judged_mark(run, row.key)
         name = f"<span title='{esc(title)}'>{name}</span>" if title else name
         cells = [f"<td>{name}</td>", *(f"<td class='num'>{esc(v)}</td>" for v in row.values)]
         cells += [f"<td class='{f'num {direction}'.strip()}'>{esc(f'{text} {direction}'.strip())}</td>" for text, direction in row.changes]
         out.append("<tr>" + "".join(cells) + "</tr>")
     out += ["</table>", f"<p class='note'>{esc(CHANGE_NOTE)} Hover a metric name for its description.</p>"]
+    if footnote := _judged_footnote(run, rows):
+        out.append(f"<p class='note judge-error'>{esc(footnote)}</p>")
     if samples:
         out += ["<h2>Sample outputs</h2>", f"<p class='warning'>{esc(CONTENT_WARNING)}</p>"]
         for prompt_set, (columns, prompts) in samples.items():

@@ -735,6 +735,18 @@ class BuiltinJudge(HarmJudge):
         self.device = str(device)
         self.recipe = str(self.weights["feature_recipe"])
 
+    @property
+    def held_out_metrics(self) -> dict[str, Any] | None:
+        """The judge's own accuracy on labelled sources it was not trained on (leave one source out, as its
+        weights file records it): the error bar of every harmful rate it produces. None if not recorded."""
+        table = self.weights.get("leave_one_source_out")
+        if not isinstance(table, dict) or not table:
+            return None
+        keep = ("balanced_accuracy", "tpr", "tnr", "n")
+        return {"protocol": "leave one source out (trained without the source, scored on it)",
+                "sources": {name: {k: row[k] for k in keep if k in row} for name, row in table.items()
+                            if isinstance(row, dict) and "balanced_accuracy" in row}}
+
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         return minilm_embed(texts, device=self.device)
 

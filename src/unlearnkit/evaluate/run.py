@@ -451,6 +451,38 @@ def _judge_meta(judge: Any, config: EvalConfig) -> dict[str, Any]:
     return info
 
 
+def judge_accuracy_range(judge: Any) -> tuple[float, float] | None:
+    """(lowest, highest) held-out balanced accuracy of the harm judge over its sources, from results' meta."""
+    quality = judge.get("held_out_metrics") if isinstance(judge, dict) else None
+    sources = quality.get("sources") if isinstance(quality, dict) else None
+    values = [float(row["balanced_accuracy"]) for row in (sources or {}).values()
+              if isinstance(row, dict) and isinstance(row.get("balanced_accuracy"), (int, float))]
+    return (min(values), max(values)) if values else None
+
+
+def judge_error_bar(judge: Any) -> str:
+    """One line: the harm judge's own held-out accuracy, the error bar of every harmful rate ("" without a judge).
+
+    A harmful rate is the share of outputs the judge flags; a judge with balanced accuracy 0.61 on a source
+    misreads many of them, so the rate cannot be read more precisely than the judge. Judges with no recorded
+    held-out accuracy (a hub classifier) say so instead of staying silent."""
+    if not isinstance(judge, dict):
+        return ""
+    name = judge.get("name") or "unnamed"
+    span = judge_accuracy_range(judge)
+    if span is None:
+        return (f"Harmful rates are the verdicts of judge '{name}', whose accuracy on held-out labels is not recorded: "
+                "no error bar is known for them.")
+    quality = judge["held_out_metrics"]
+    parts = []
+    for source, row in quality["sources"].items():
+        rates = ", ".join(f"{k} {row[k]:.2f}" for k in ("tpr", "tnr") if isinstance(row.get(k), (int, float)))
+        parts.append(f"{source} {row['balanced_accuracy']:.2f}" + (f" ({rates})" if rates else ""))
+    protocol = quality.get("protocol") or "held out"
+    return (f"Harmful rates are the verdicts of judge '{name}', whose own balanced accuracy on held-out labels is "
+            f"{span[0]:.2f}-{span[1]:.2f} ({protocol}: {'; '.join(parts)}): read every harmful rate with that error.")
+
+
 def evaluate_run(
     config: RunConfig, output_dir: Path, train_info: dict[str, Any], progress: bool = True, judge: Any = None
 ) -> dict[str, Any]:
@@ -494,6 +526,10 @@ def comparison_table(results: dict[str, Any], keys: Sequence[str] | None = None)
         values = [results[label].get(key) for label in labels]
         change = change_text(key, values[0], values[-1]) if len(values) > 1 else ""
         lines.append(f"{key:<{key_width}}" + "".join(f"{c:>{width}}" for c in cells[key]) + (f"   {change}" if change else ""))
+    if any(key.startswith("harmful_rate") for key in keys):  # the error bar the intervals above do not include
+        judge = results.get("meta", {}).get("judge")
+        if note := judge_error_bar(judge):
+            lines += ["", f"judge: {note}"]
     return "\n".join(lines)
 
 
