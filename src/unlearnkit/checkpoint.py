@@ -34,7 +34,7 @@ from unlearnkit.sharding import full, full_state, is_sharded, like, sharded_opti
 # Fields that may differ between an interrupted run and its resume without changing its result.
 # (attention, pack_tokens, logit_chunk change how the step is computed, not what: only float rounding.)
 RESUME_MAY_CHANGE = {"time_budget_s", "progress", "save_every", "keep_checkpoints", "overwrite", "attention", "pack_tokens",
-                     "logit_chunk"}
+                     "logit_chunk", "compile"}
 
 
 @dataclass
@@ -106,6 +106,11 @@ def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def checkpoint_payload(model: torch.nn.Module, optimizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The trainable weights and optimizer state a checkpoint holds, whole, as a one-process run has them
     (sharded tensors gathered: a collective under FSDP, so every process calls this, the main one writes)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # inside accelerate's wrapper
+    if hasattr(inner, "master_state"):
+        # bf16 weights with float32 masters (optim.MasterWeightAdamW): the masters are the exact weights.
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        return inner.master_state(names), full_state(optimizer.state_dict())
     return gathered_trainable(model), full_state(optimizer.state_dict())
 
 
@@ -145,12 +150,16 @@ def save_checkpoint(out: Path, weights: dict[str, torch.Tensor], optimizer_state
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
     from safetensors.torch import load_file
 
-    load_trainable(model, load_file(str(path / "trainable.safetensors")))
+    weights = load_file(str(path / "trainable.safetensors"))
+    load_trainable(model, weights)  # (bf16 weights: rounded from the saved float32 masters)
     if (path / "optimizer.json").is_file():
         extra = _join(json.loads((path / "optimizer.json").read_text()), load_file(str(path / "optimizer.safetensors")))
     else:  # checkpoints written before 0.x: a torch file, read without unpickling code
         extra = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(sharded_optimizer_state(extra["optimizer"], optimizer))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if hasattr(inner, "load_masters"):
+        inner.load_masters([weights[n] for n, p in model.named_parameters() if p.requires_grad])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng_cpu"])
     if extra.get("rng_cuda") is not None and torch.cuda.is_available():
