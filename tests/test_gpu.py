@@ -264,10 +264,23 @@ def test_compile_accepts_yaml_booleans(tmp_path):
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("torchao") is None, reason="torchao not installed (optional extra gpu)")
-def test_adamw_8bit_trains_with_bf16_weights(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
-    train(make_config(tiny_model_dir, qa_files, tmp_path / "out", "optimizer=adamw_8bit", "precision=bf16"))
-    rows = read_log(tmp_path / "out")
-    assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
+def test_adamw_8bit_trains_with_bf16_weights_and_resumes(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
+    """torchao's 8-bit moments are checkpointed dequantized and quantized again on resume; with stochastic
+    rounding the resumed run ends within a few bf16 steps of the uninterrupted one (measured: loss 5e-5 apart)."""
+    common = ("optimizer=adamw_8bit", "precision=bf16", "max_steps=4", "save_every=2")
+    train(make_config(tiny_model_dir, qa_files, tmp_path / "straight", *common))
+
+    def crash(step: int) -> None:
+        if step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(make_config(tiny_model_dir, qa_files, tmp_path / "crashed", *common), on_step_end=crash)
+    train(make_config(tiny_model_dir, qa_files, tmp_path / "crashed", *common), resume=True)
+    a, b = read_log(tmp_path / "straight"), read_log(tmp_path / "crashed")
+    assert len(a) == len(b) == 4 and a[0]["loss"] > a[-1]["loss"]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-3)
 
 
 # ------------------------------------------------------------------------------------------- plan

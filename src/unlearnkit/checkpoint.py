@@ -29,6 +29,7 @@ import yaml
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UserError
 from unlearnkit.modeling import trainable_state
+from unlearnkit.optim import requantize_state
 from unlearnkit.sharding import full, full_state, is_sharded, like, sharded_optimizer_state
 
 # Fields that may differ between an interrupted run and its resume without changing its result.
@@ -76,6 +77,10 @@ def _split(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
     """``value`` with every tensor moved to ``tensors[path]`` and replaced by {"__tensor__": path};
     tuples are kept as {"__tuple__": [...]} (AdamW's betas) so JSON gives back what went in."""
     if isinstance(value, torch.Tensor):
+        if type(value) is not torch.Tensor and hasattr(value, "dequantize") and not is_sharded(value):
+            # A quantized optimizer state (torchao's 8-bit AdamW moments): stored dequantized, quantized
+            # again on load (optim.requantize_state); safetensors holds plain tensors only.
+            value = value.dequantize()
         tensors[path] = value.detach().cpu().contiguous()
         return {"__tensor__": path}
     if isinstance(value, dict):
@@ -158,6 +163,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
         extra = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(sharded_optimizer_state(extra["optimizer"], optimizer))
     inner = getattr(optimizer, "optimizer", optimizer)
+    requantize_state(inner)
     if hasattr(inner, "load_masters"):
         inner.load_masters([weights[n] for n, p in model.named_parameters() if p.requires_grad])
     scheduler.load_state_dict(extra["scheduler"])

@@ -121,6 +121,22 @@ def build_optimizer(params: list[torch.nn.Parameter], name: str, lr: float, weig
     raise UserError(f"optimizer={name!r} is not supported; choose adamw, adamw_8bit or paged_adamw_8bit")
 
 
+def requantize_state(optimizer: Any) -> None:
+    """After ``load_state_dict``: torchao's 8-bit moments, checkpointed dequantized, quantized again into
+    fresh 8-bit buffers (else a resumed run would hold them as full tensors). Others: unchanged."""
+    if not hasattr(optimizer, "_new_buffer"):
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, signed in (("exp_avg", True), ("exp_avg_sq", False), ("max_exp_avg_sq", False)):
+                value = state.get(key)
+                if isinstance(value, torch.Tensor) and type(value) is torch.Tensor:
+                    buffer = optimizer._new_buffer(p, signed)
+                    buffer.copy_(value.to(device=p.device))
+                    state[key] = buffer
+
+
 def inner_optimizer(optimizer: Any) -> Any:
     """The optimizer inside accelerate's wrapper (AcceleratedOptimizer)."""
     return getattr(optimizer, "optimizer", optimizer)
