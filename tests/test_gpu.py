@@ -242,6 +242,7 @@ def test_paged_8bit_with_bf16_weights_is_refused(monkeypatch):
     with pytest.raises(UserError, match="stochastic rounding"):
         optim_module.check_optimizer("paged_adamw_8bit", "bf16")
     optim_module.check_optimizer("paged_adamw_8bit", "fp32")
+    optim_module.check_optimizer("paged_adamw_8bit", "bf16", lora=True)  # LoRA adapters stay float32
 
 
 def test_deepspeed_launch_is_one_line(tiny_model_dir, qa_files, tmp_path, capsys, monkeypatch):
@@ -337,3 +338,12 @@ def test_bench_gpu_tiny_smoke(tmp_path):
     assert {r["run"] for r in rows} >= {"tiny-opt full fp32", "tiny-opt full bf16", "tiny-llama lora bf16"}
     assert all(r["median_s_per_step"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert "| run |" in proc.stdout
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed (optional extra gpu)")
+def test_paged_adamw_8bit_trains_and_checkpoints(tiny_model_dir, qa_files, tmp_path):
+    """bitsandbytes' state shares its quantization maps between parameters; the checkpoint stores copies."""
+    train(make_config(tiny_model_dir, qa_files, tmp_path / "out", "optimizer=paged_adamw_8bit", "save_every=2"))
+    rows = read_log(tmp_path / "out")
+    assert len(rows) == 3 and rows[0]["loss"] > rows[-1]["loss"]
+    assert (tmp_path / "out" / "checkpoints" / "step-3" / "optimizer.safetensors").is_file()

@@ -81,7 +81,10 @@ def _split(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
             # A quantized optimizer state (torchao's 8-bit AdamW moments): stored dequantized, quantized
             # again on load (optim.requantize_state); safetensors holds plain tensors only.
             value = value.dequantize()
-        tensors[path] = value.detach().cpu().contiguous()
+        tensor = value.detach().cpu().contiguous()
+        if tensor.numel() and any(tensor.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()):
+            tensor = tensor.clone()  # one tensor in several places (bitsandbytes' shared quantization maps): safetensors refuses shared memory
+        tensors[path] = tensor
         return {"__tensor__": path}
     if isinstance(value, dict):
         return {"__dict__": [[_split(k, tensors, f"{path}.k{i}"), _split(v, tensors, f"{path}.{i}")]

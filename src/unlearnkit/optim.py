@@ -11,7 +11,8 @@
   With bf16 weights it rounds each update stochastically (unbiased: small updates survive on average),
   which is what lets a full-parameter 7B run keep bf16 weights without float32 masters.
 - ``paged_adamw_8bit``: bitsandbytes' paged 8-bit AdamW (its state moves to host memory when the GPU
-  runs short). bitsandbytes rounds bf16 weights to nearest, so it is refused with precision=bf16.
+  runs short). bitsandbytes rounds bf16 weights to nearest, so it is refused with precision=bf16 for full
+  finetuning (LoRA adapters stay float32: allowed).
 
 A missing library is one line naming the package to install (exit 2), raised before anything loads.
 """
@@ -32,7 +33,7 @@ LIBRARIES = {
 }
 
 
-def check_optimizer(name: str, precision: str, sharded: bool = False) -> None:
+def check_optimizer(name: str, precision: str, sharded: bool = False, lora: bool = False) -> None:
     """Refuse, before the model loads, an optimizer this machine or run cannot use (one line each)."""
     if name in LIBRARIES:
         module, requirement = LIBRARIES[name]
@@ -42,9 +43,9 @@ def check_optimizer(name: str, precision: str, sharded: bool = False) -> None:
         if sharded:
             raise UserError(f"optimizer={name} is not supported under FSDP (its quantized state is not sharded by "
                             "unlearnkit); use optimizer=adamw with FSDP, or run on one process")
-    if name == "paged_adamw_8bit" and precision == "bf16":
+    if name == "paged_adamw_8bit" and precision == "bf16" and not lora:  # (LoRA adapters stay float32)
         raise UserError("optimizer=paged_adamw_8bit rounds bf16 weights to nearest, which loses updates as small as the "
-                        "paper's lr; use optimizer=adamw_8bit (stochastic rounding) with precision=bf16, or precision=fp32")
+                        "paper's lr; use optimizer=adamw_8bit (stochastic rounding) with precision=bf16, precision=fp32 or lora=true")
 
 
 class MasterWeightAdamW(torch.optim.AdamW):

@@ -298,7 +298,7 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     # FSDP: unlearnkit shards the step itself (unlearnkit.sharding), on GPUs and on CPU (where accelerate's
     # processes stay plain MULTI_CPU ones), so the model is never given to accelerator.prepare.
     fsdp = fsdp_settings() if fsdp_launched() else None
-    check_optimizer(t.optimizer, t.precision, sharded=fsdp is not None)
+    check_optimizer(t.optimizer, t.precision, sharded=fsdp is not None, lora=config.model.lora)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # auto: on with CUDA, but not under FSDP (compiling around sharded layers is untested).
     compiled = t.compile == "true" or (t.compile == "auto" and device.type == "cuda" and fsdp is None)
