@@ -180,7 +180,11 @@ def bench_one(label: str, architecture: dict | str, overrides: list[str], data: 
     flops = model_flops(sizes["params"], lora, positions["policy_real"], positions.get("reference_positions", 0))
     precision = "bf16" if "precision=bf16" in overrides else "fp32"
     peaks = [r["peak_mem_gib"] for r in timed if "peak_mem_gib" in r]
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    import gc
+
+    gc.collect()  # the run's models and optimizer go before the next run is built
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return {"run": label, "median_s_per_step": median, "steps_timed": len(timed), "tokens_per_step": tokens,
             "tokens_per_s": tokens / median, "mfu": flops / median / peak_flops(precision, peak_tflops),
             "peak_gib": max(peaks) if peaks else None, "policy_positions": positions["policy_positions"]}

@@ -347,3 +347,19 @@ def test_paged_adamw_8bit_trains_and_checkpoints(tiny_model_dir, qa_files, tmp_p
     rows = read_log(tmp_path / "out")
     assert len(rows) == 3 and rows[0]["loss"] > rows[-1]["loss"]
     assert (tmp_path / "out" / "checkpoints" / "step-3" / "optimizer.safetensors").is_file()
+
+
+@gpu
+def test_cuda_bf16_step_is_compiled_timed_and_tracks_fp32(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
+    """On a CUDA machine: compile=auto compiles, each row has the step's peak memory, bf16 tracks fp32."""
+    from accelerate.state import AcceleratorState
+
+    train(make_config(tiny_model_dir, qa_files, tmp_path / "fp32", "max_steps=5", "compile=false"))
+    AcceleratorState._reset_state()
+    run = set_up(make_config(tiny_model_dir, qa_files, tmp_path / "bf16", "max_steps=5", "precision=bf16"), resume=False)
+    assert run.compiled and next(run.model.parameters()).device.type == "cuda"
+    AcceleratorState._reset_state()
+    train(make_config(tiny_model_dir, qa_files, tmp_path / "bf16", "max_steps=5", "precision=bf16", "overwrite=true"))
+    for x, y in zip(read_log(tmp_path / "fp32"), read_log(tmp_path / "bf16")):
+        assert 0 < y["peak_mem_gib"] < 1 and y["step_time_s"] > 0
+        assert y["loss"] == pytest.approx(x["loss"], rel=5e-3)
