@@ -76,7 +76,7 @@ from unlearnkit.modeling import (
     trainable_state,
 )
 from unlearnkit.sharding import env_flag, fsdp_launched, fsdp_settings, full, held_bytes, shard
-from unlearnkit.optim import build_optimizer, check_optimizer, grad_norm_fp32, inner_optimizer
+from unlearnkit.optim import build_optimizer, check_optimizer, grad_norm_fp32
 from unlearnkit.step import (  # noqa: F401  (compute_terms: the step, re-exported)
     COMPILE_LENGTH_MULTIPLE, StepModule, compile_body, compile_unsupported, compute_terms, set_attention,
 )
