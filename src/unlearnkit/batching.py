@@ -131,6 +131,7 @@ def pack_step(
     shared: tuple[str, ...] = (),
     row_tokens: int = 512,
     pad_id: int | None = None,
+    length_multiple: int = 1,
 ) -> PackedRows:
     """Pack the sequences of ``groups`` (a subset of step.slices) into rows.
 
@@ -141,6 +142,8 @@ def pack_step(
             that has the same prompt ids (exact: a causal prompt's states do not depend on what follows).
         row_tokens: soft row length; a unit longer than it gets a row of its own.
         pad_id: id at padding positions (never attended to, never read).
+        length_multiple: round the row length up to a multiple of this (a compiled body then sees a few
+            repeating shapes instead of a new one every step; the extra positions are padding).
     Returns:
         PackedRows with answer reads for every group and token reads (for KL) for every group.
     """
@@ -175,6 +178,7 @@ def pack_step(
     layouts = [_first_fit_decreasing(lengths, capacity) for capacity in (max(row_tokens, longest), balanced)]
     where, row_fill = min(layouts, key=lambda layout: len(layout[1]) * max(layout[1]))
     rows, length = len(row_fill), max(row_fill)
+    length = -(-length // length_multiple) * length_multiple
 
     input_ids = torch.full((rows, length), pad_id if pad_id is not None else 0, dtype=torch.long)
     position_ids = torch.zeros((rows, length), dtype=torch.long)

@@ -29,12 +29,13 @@ import yaml
 from unlearnkit.config import RunConfig
 from unlearnkit.errors import UserError
 from unlearnkit.modeling import trainable_state
+from unlearnkit.optim import requantize_state
 from unlearnkit.sharding import full, full_state, is_sharded, like, sharded_optimizer_state
 
 # Fields that may differ between an interrupted run and its resume without changing its result.
 # (attention, pack_tokens, logit_chunk change how the step is computed, not what: only float rounding.)
 RESUME_MAY_CHANGE = {"time_budget_s", "progress", "save_every", "keep_checkpoints", "overwrite", "attention", "pack_tokens",
-                     "logit_chunk"}
+                     "logit_chunk", "compile"}
 
 
 @dataclass
@@ -76,7 +77,14 @@ def _split(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
     """``value`` with every tensor moved to ``tensors[path]`` and replaced by {"__tensor__": path};
     tuples are kept as {"__tuple__": [...]} (AdamW's betas) so JSON gives back what went in."""
     if isinstance(value, torch.Tensor):
-        tensors[path] = value.detach().cpu().contiguous()
+        if type(value) is not torch.Tensor and hasattr(value, "dequantize") and not is_sharded(value):
+            # A quantized optimizer state (torchao's 8-bit AdamW moments): stored dequantized, quantized
+            # again on load (optim.requantize_state); safetensors holds plain tensors only.
+            value = value.dequantize()
+        tensor = value.detach().cpu().contiguous()
+        if tensor.numel() and any(tensor.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()):
+            tensor = tensor.clone()  # one tensor in several places (bitsandbytes' shared quantization maps): safetensors refuses shared memory
+        tensors[path] = tensor
         return {"__tensor__": path}
     if isinstance(value, dict):
         return {"__dict__": [[_split(k, tensors, f"{path}.k{i}"), _split(v, tensors, f"{path}.{i}")]
@@ -106,6 +114,11 @@ def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def checkpoint_payload(model: torch.nn.Module, optimizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The trainable weights and optimizer state a checkpoint holds, whole, as a one-process run has them
     (sharded tensors gathered: a collective under FSDP, so every process calls this, the main one writes)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # inside accelerate's wrapper
+    if hasattr(inner, "master_state"):
+        # bf16 weights with float32 masters (optim.MasterWeightAdamW): the masters are the exact weights.
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        return inner.master_state(names), full_state(optimizer.state_dict())
     return gathered_trainable(model), full_state(optimizer.state_dict())
 
 
@@ -145,12 +158,17 @@ def save_checkpoint(out: Path, weights: dict[str, torch.Tensor], optimizer_state
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> TrainState:
     from safetensors.torch import load_file
 
-    load_trainable(model, load_file(str(path / "trainable.safetensors")))
+    weights = load_file(str(path / "trainable.safetensors"))
+    load_trainable(model, weights)  # (bf16 weights: rounded from the saved float32 masters)
     if (path / "optimizer.json").is_file():
         extra = _join(json.loads((path / "optimizer.json").read_text()), load_file(str(path / "optimizer.safetensors")))
     else:  # checkpoints written before 0.x: a torch file, read without unpickling code
         extra = torch.load(path / "optimizer.pt", weights_only=True)
     optimizer.load_state_dict(sharded_optimizer_state(extra["optimizer"], optimizer))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    requantize_state(inner)
+    if hasattr(inner, "load_masters"):
+        inner.load_masters([weights[n] for n, p in model.named_parameters() if p.requires_grad])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng_cpu"])
     if extra.get("rng_cuda") is not None and torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""Command line: ``unlearnkit run | demo | eval | judge | report | scenario | bench | methods``.
+"""Command line: ``unlearnkit run | demo | eval | judge | report | scenario | bench | plan | methods``.
 
 Bad input ends with one line on stderr naming the problem and the fix, exit status 2, no traceback.
 A run stopped by SIGTERM/SIGINT checkpoints and exits 128 + the signal (143 / 130); a diverged run
@@ -177,6 +177,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from unlearnkit.config import load_config
+    from unlearnkit.plan import format_plan, plan
+
+    if args.gpu_memory <= 0:
+        raise UserError(f"--gpu-memory must be > 0 GiB; got {args.gpu_memory}")
+    print(format_plan(plan(load_config(args.config, args.overrides), args.gpu_memory, args.tokens)))
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from unlearnkit.methods import METHODS
 
@@ -266,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fresh", action="store_true", help="finetune the target and retain models again even when cached")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(handler=_cmd_bench)
+
+    plan = sub.add_parser("plan", help="memory plan of a run on one GPU, on paper (model built on the meta device, no weights)")
+    plan.add_argument("--config", help="YAML preset (e.g. configs/paper/harmful_llama-2-7b.yaml)")
+    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GPU memory in GiB (default 80)")
+    plan.add_argument("--tokens", type=int, help="packed positions per step for the activation estimate "
+                                                 "(default: the bound batch_size x (K + 2) x max_length)")
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lora=false optimizer=adamw_8bit")
+    plan.set_defaults(handler=_cmd_plan)
 
     methods = sub.add_parser("methods", help="list the unlearning methods")
     methods.set_defaults(handler=_cmd_methods)

@@ -102,7 +102,15 @@ class TrainConfig:
     sam_rho: float = _f(0.0, "sharpness-aware updates (SAM, Foret et al. 2021; against relearning: Fan et al. 2025): each step's "
                         "gradient is taken at the weights moved rho along the normalised gradient, so the run settles where "
                         "nearby weights forget too; 0 = off (each step then costs one forward/backward more)")
-    precision: str = _f("fp32", "compute precision; bf16 also holds the frozen reference copy in bf16", choices=("fp32", "bf16"))
+    precision: str = _f("fp32", "fp32, or bf16: the policy's weights held in bf16 (with optimizer=adamw: float32 master weights in "
+                        "the optimizer), the reference and the LoRA base in bf16, logits and losses in float32 chunks "
+                        "(under FSDP: bf16 compute over float32 weights)", choices=("fp32", "bf16"))
+    optimizer: str = _f("adamw", "adamw (torch fused AdamW; float32 master weights under precision=bf16); adamw_8bit (torchao "
+                        "8-bit AdamW, bf16 weights updated with stochastic rounding: 2 bytes of state per parameter instead "
+                        "of 8); paged_adamw_8bit (bitsandbytes, 8-bit state paged to host memory under GPU memory pressure)",
+                        choices=("adamw", "adamw_8bit", "paged_adamw_8bit"))
+    compile: str = _f("auto", "torch.compile the decoder body (packed row lengths rounded up to multiples of 64 so shapes "
+                      "repeat): auto = on with CUDA (not under FSDP), off on CPU; true; false", choices=("auto", "true", "false"))
     attention: str = _f("auto", "attention kernel of the packed step (must honour its per-sequence mask): auto (= sdpa; eager "
                         "measured within noise of it on CPU), sdpa or eager", choices=("auto", "sdpa", "eager"))
     pack_tokens: int = _f(512, "soft length of a packed row: sequences are packed into rows of about this many tokens "
@@ -233,6 +241,8 @@ def coerce_value(key: str, f: dataclasses.Field, value: Any) -> Any:
         if kind is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if isinstance(value, bool):  # YAML reads `compile: true` as a bool; the field's choices are words
+                return "true" if value else "false"
             return str(value)
     except (ValueError, TypeError):  # TypeError: a YAML list or mapping where a number belongs
         raise UserError(f"config key '{key}' must be a {kind.__name__}, got {value!r}") from None

@@ -17,6 +17,7 @@ keeps that oracle), up to float rounding.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import torch
@@ -37,6 +38,9 @@ cannot express a shared prompt; they are refused rather than silently attending 
 
 DEFAULT_ROW_TOKENS = 512
 DEFAULT_CHUNK_TOKENS = 1024
+COMPILE_LENGTH_MULTIPLE = 64
+"""With the body compiled, packed rows are padded to a multiple of this many tokens: a 512-token row limit
+then gives at most 8 row lengths (x the few row counts a step has), each compiled once."""
 
 
 # ------------------------------------------------------------------------------------------- model parts
@@ -60,6 +64,33 @@ def set_attention(model: torch.nn.Module, attention: str) -> str:
     if lm.config._attn_implementation != chosen:
         lm.set_attn_implementation(chosen)
     return chosen
+
+
+def compile_unsupported(device: torch.device | str) -> str:
+    """Why torch.compile cannot run here ('' when it can): dynamo's own check (Python version, platform)
+    and, on CPU, inductor's C++ compiler."""
+    import shutil
+
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python/platform"
+    if torch.device(device).type == "cpu":
+        compiler = os.environ.get("CXX", "g++")
+        if shutil.which(compiler) is None and shutil.which("c++") is None:
+            return f"torch.compile on CPU needs a C++ compiler ({compiler} not found; apt-get install g++)"
+    return ""
+
+
+def compile_body(model: torch.nn.Module) -> None:
+    """Compile the decoder body in place (``Module.compile``: parameter names and the state dict stay as they
+    are). Shapes are static (rows bucketed by COMPILE_LENGTH_MULTIPLE); the LoRA reference (adapter off) is
+    a second graph of the same module. The recompile limit is raised so every bucket keeps its graph."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    body = causal_lm_of(model).base_model
+    body.compile(dynamic=False)
 
 
 def _check_attention(lm: torch.nn.Module) -> str:
@@ -119,7 +150,15 @@ def lm_head(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     scale = getattr(lm.config, "logit_scale", None) if not hasattr(lm, "logit_scale") else None
 
     def apply(hidden: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden)
+        low_precision = hidden.dtype != torch.float32 or head.weight.dtype != torch.float32
+        if type(head) is torch.nn.Linear and (low_precision or torch.is_autocast_enabled(hidden.device.type)):
+            # bf16 weights or autocast: the logits are computed in float32 (one chunk at a time), since bf16
+            # logits (~3 significant digits) would put rounding noise of ~0.1 nats into every loss and the KL.
+            with torch.autocast(hidden.device.type, enabled=False):
+                bias = None if head.bias is None else head.bias.float()
+                logits = torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+        else:
+            logits = head(hidden)
         if isinstance(scale, (int, float)):
             logits = logits * scale
         if softcap:
@@ -170,6 +209,7 @@ def compute_terms(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     hidden_layer: int | None = None,
     token_mean: Callable[[int], float] | None = None,
+    length_multiple: int = 1,
 ) -> StepTerms:
     """The loss terms ``needs`` asks for, from one packed policy forward (+ one reference forward).
 
@@ -181,6 +221,8 @@ def compute_terms(
     all processes. The KL is then sum / mean_count, so that the mean of the processes' KL terms (what
     DDP's gradient averaging takes) is the KL averaged over every valid token of the global step,
     exactly as one process computes it. Default: this process's own count (one process).
+
+    ``length_multiple``: packed rows padded to a multiple of it (compiled bodies; see COMPILE_LENGTH_MULTIPLE).
     """
     needs = needs or default_needs(step, reference is not None)
     shared = getattr(needs, "shared_prompt", StepNeeds.shared_prompt)
@@ -189,7 +231,8 @@ def compute_terms(
     if needs.hidden_groups and hidden_layer is None:
         raise ValueError("hidden states asked for without a layer")
     layer = hidden_layer if needs.hidden_groups else None
-    packed = pack_step(step, _groups(step, needs, False), shared=shared, row_tokens=row_tokens, pad_id=step.pad_id)
+    packed = pack_step(step, _groups(step, needs, False), shared=shared, row_tokens=row_tokens, pad_id=step.pad_id,
+                       length_multiple=length_multiple)
     hidden = hidden_states(model, packed, layer)
     if layer is not None:
         hidden, at_layer = hidden
@@ -213,7 +256,8 @@ def compute_terms(
 
     if needs.reference:
         assert reference is not None
-        ref_packed = pack_step(step, _groups(step, needs, True), shared=shared, row_tokens=row_tokens, pad_id=step.pad_id)
+        ref_packed = pack_step(step, _groups(step, needs, True), shared=shared, row_tokens=row_tokens, pad_id=step.pad_id,
+                               length_multiple=length_multiple)
         ref_layer = layer if "normal" in needs.hidden_groups else None
         with torch.no_grad(), reference.mode(model) as original:
             ref_hidden = hidden_states(original, ref_packed, ref_layer)
@@ -265,9 +309,10 @@ class StepModule(torch.nn.Module):
             self.reference_copy = reference.frozen
 
     def forward(self, step: StepBatch, needs: Any, row_tokens: int = DEFAULT_ROW_TOKENS, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                token_mean: Callable[[int], float] | None = None, hidden_layer: int | None = None) -> StepTerms:
+                token_mean: Callable[[int], float] | None = None, hidden_layer: int | None = None,
+                length_multiple: int = 1) -> StepTerms:
         return compute_terms(self.policy, self._reference[0], step, needs, row_tokens=row_tokens, chunk_tokens=chunk_tokens,
-                             token_mean=token_mean, hidden_layer=hidden_layer)
+                             token_mean=token_mean, hidden_layer=hidden_layer, length_multiple=length_multiple)
 
 
 def step_positions(step: StepBatch, needs: Any, row_tokens: int = DEFAULT_ROW_TOKENS) -> dict[str, Any]:

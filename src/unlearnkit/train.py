@@ -76,7 +76,10 @@ from unlearnkit.modeling import (
     trainable_state,
 )
 from unlearnkit.sharding import env_flag, fsdp_launched, fsdp_settings, full, held_bytes, shard
-from unlearnkit.step import StepModule, compute_terms, set_attention  # noqa: F401  (compute_terms: the step, re-exported)
+from unlearnkit.optim import build_optimizer, check_optimizer, grad_norm_fp32
+from unlearnkit.step import (  # noqa: F401  (compute_terms: the step, re-exported)
+    COMPILE_LENGTH_MULTIPLE, StepModule, compile_body, compile_unsupported, compute_terms, set_attention,
+)
 
 @dataclass
 class TrainResult:
@@ -191,10 +194,6 @@ def output_errors(out: Path) -> Any:
         raise UserError(f"cannot write {where}: {exc.strerror}; {fix} or choose another output_dir, then rerun "
                         "with --resume (the last complete checkpoint is kept)") from None
 
-def _scalar(x: torch.Tensor | None) -> float | None:
-    return None if x is None else float(x.detach().float().mean())
-
-
 def model_card(config: RunConfig, result_steps: int, stop_reason: str) -> str:
     m, d = config.method, config.data
     title = "Finetuned (memorization set-up)" if m.name == "finetune" else "Unlearned"
@@ -237,6 +236,8 @@ class Run:
     engine: torch.nn.Module | None = None  # the prepared StepModule (DDP-wrapped in a multi-process run, sharded under FSDP)
     sharded: bool = False  # FSDP: parameters are DTensor shards (what is written is gathered first)
     session_seconds: float = 0.0  # training seconds of this invocation (what time_budget_s limits)
+    policy_held_in_bf16: bool = False  # full finetuning with precision=bf16: the policy's weights are bf16
+    compiled: bool = False  # the decoder body is torch.compiled (rows padded to COMPILE_LENGTH_MULTIPLE)
 
     @property
     def is_main(self) -> bool:
@@ -297,6 +298,14 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     # FSDP: unlearnkit shards the step itself (unlearnkit.sharding), on GPUs and on CPU (where accelerate's
     # processes stay plain MULTI_CPU ones), so the model is never given to accelerator.prepare.
     fsdp = fsdp_settings() if fsdp_launched() else None
+    check_optimizer(t.optimizer, t.precision, sharded=fsdp is not None, lora=config.model.lora)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # auto: on with CUDA, but not under FSDP (compiling around sharded layers is untested).
+    compiled = t.compile == "true" or (t.compile == "auto" and device.type == "cuda" and fsdp is None)
+    if compiled and compile_unsupported(device):
+        if t.compile == "true":
+            raise UserError(f"compile=true is not supported here: {compile_unsupported(device)}; set compile=auto or false")
+        compiled = False
     accelerator = Accelerator(mixed_precision="bf16" if t.precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     engine_kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     if engine_kind in ("DEEPSPEED", "MEGATRON_LM"):
@@ -338,18 +347,31 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     if needs.reference:
         reference = Reference(model, lora=config.model.lora, dtype=frozen_dtype)
     base_held_in_bf16 = bool(config.model.lora and frozen_dtype is not None and hold_frozen_in(model, frozen_dtype))
+    # Full finetuning in bf16: the policy's own weights are bf16 (no float32 weights cast to bf16 on every
+    # forward, which made the autocast-only bf16 slower than fp32); float32 masters live in the optimizer
+    # (optim.MasterWeightAdamW). Under FSDP the shards stay float32 with bf16 autocast compute.
+    policy_held_in_bf16 = bool(not config.model.lora and frozen_dtype is not None and fsdp is None)
+    masters = None
+    if policy_held_in_bf16:
+        if t.optimizer == "adamw":  # the masters start from the float32 weights, not their bf16 rounding
+            masters = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        model.to(dtype=frozen_dtype)
+    if compiled:
+        compile_body(model)
+        if reference is not None and reference.frozen is not None:
+            compile_body(reference.frozen)
     model.train()
     if fsdp is not None:
         # Sharded first, then the optimizer over the shards (FSDP replaces the parameters by DTensor shards).
         engine = StepModule(model, reference, holds_reference=True)
         shard(engine, [model] + ([reference.frozen] if reference is not None and reference.frozen is not None else []),
               accelerator.device, accelerator.num_processes, fsdp)
-        optimizer = torch.optim.AdamW([p for p in engine.parameters() if p.requires_grad], lr=t.lr,
-                                      weight_decay=t.weight_decay, fused=True)
+        optimizer = build_optimizer([p for p in engine.parameters() if p.requires_grad], t.optimizer, t.lr, t.weight_decay)
     else:
+        model.to(accelerator.device)  # before the optimizer: float32 masters / 8-bit state are made beside the weights
         params = [p for p in model.parameters() if p.requires_grad]
-        # Fused AdamW: one kernel over all parameters instead of ~10 elementwise passes (CPU and CUDA).
-        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+        optimizer = build_optimizer(params, t.optimizer, t.lr, t.weight_decay, masters)
+        del masters  # (the optimizer holds them, on the weights' device)
         # The step module (policy + the step) is what gets prepared: under DDP its forward is the whole packed step.
         engine, optimizer = accelerator.prepare(StepModule(model, reference), optimizer)
         if reference is not None and reference.frozen is not None:
@@ -373,7 +395,8 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     accelerator.wait_for_everyone()
     trained = [p for p in engine.parameters() if p.requires_grad]  # the prepared module's own (clipping under DDP/FSDP)
     return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, trained, out, state, log_path,
-               base_held_in_bf16, needs, engine, sharded=fsdp is not None)
+               base_held_in_bf16, needs, engine, sharded=fsdp is not None, policy_held_in_bf16=policy_held_in_bf16,
+               compiled=compiled)
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -383,7 +406,8 @@ def step_loss(run: Run, step_batch: Any) -> tuple[Any, torch.Tensor]:
     engine = run.engine if run.engine is not None else StepModule(run.model, run.reference)
     with run.accelerator.autocast():
         terms = engine(step_batch, run.needs.step_needs, t.pack_tokens, t.logit_chunk,
-                       token_mean=run.token_mean if run.world > 1 else None, hidden_layer=run.hidden_layer)
+                       token_mean=run.token_mean if run.world > 1 else None, hidden_layer=run.hidden_layer,
+                       length_multiple=COMPILE_LENGTH_MULTIPLE if run.compiled else 1)
         return terms, run.method.combine(terms, run.config.method)
 
 
@@ -417,8 +441,16 @@ def sharpness_aware_gradient(run: Run, step_batch: Any, rho: float) -> None:
 def train_step(run: Run) -> dict[str, Any]:
     """One optimizer step on this process's share of the batch of step ``run.state.step``; returns its
     log row (loss terms averaged over processes). Raises TrainingDiverged, before any update, when the
-    loss or the gradient norm is not finite."""
+    loss or the gradient norm is not finite.
+
+    Host syncs: the logged values (and the non-finite check, which must precede the update) are read
+    from the device in ONE transfer, after the backward; on CUDA the clock is read after
+    ``torch.cuda.synchronize`` so ``step_time_s`` covers the device's work, not just its launch."""
     t = run.config.train
+    cuda = run.accelerator.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     step_batch = shard_step(run.batcher(run.state.step), run.accelerator.process_index, run.world)
     terms, loss = step_loss(run, step_batch)
@@ -426,14 +458,22 @@ def train_step(run: Run) -> dict[str, Any]:
     if t.sam_rho > 0:
         sharpness_aware_gradient(run, step_batch, t.sam_rho)
     # The gradient norm is always taken (max_grad_norm=0: no clipping) so that a non-finite one is caught.
-    if t.max_grad_norm > 0:
+    if any(p.grad is not None and p.grad.dtype != torch.float32 for p in run.params):
+        grad_norm = grad_norm_fp32(run.params, t.max_grad_norm)  # bf16 gradients: their norm in float32
+    elif t.max_grad_norm > 0:
         grad_norm = run.accelerator.clip_grad_norm_(run.params, t.max_grad_norm)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in run.params if p.grad is not None])
-    local = [_scalar(terms.forget_nll), _scalar(terms.mismatch_nll), _scalar(terms.kl), float(loss.detach()),
-             float(step_batch.num_tokens)]
-    forget_nll, mismatch_nll, kl, loss_value, tokens = run.reduce([x if x is not None else 0.0 for x in local])
-    grad_norm = float(full(grad_norm)) if grad_norm is not None else 0.0  # FSDP: a DTensor, reduced by full()
+    grad_norm = full(grad_norm) if grad_norm is not None else torch.zeros(())  # FSDP: a DTensor, reduced by full()
+    groups = [g for g in ("normal", "preferred") if g in terms.nll_sum]
+    present = [terms.forget_nll, terms.mismatch_nll, terms.kl] + [terms.mean_nll(g) for g in groups]
+    device = loss.device
+    values = torch.stack([x.detach().float().mean().to(device) if x is not None else torch.zeros((), device=device)
+                          for x in present] + [loss.detach().float(), grad_norm.detach().float().to(device)])
+    read = values.tolist()  # the step's one host sync
+    grad_norm = read[-1]
+    forget_nll, mismatch_nll, kl, loss_value, tokens = run.reduce(read[:3] + [read[-2], float(step_batch.num_tokens)])
+    group_nll = dict(zip(groups, read[3:3 + len(groups)]))
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
         run.optimizer.zero_grad(set_to_none=True)
         found = checkpoints(run.out)
@@ -443,21 +483,28 @@ def train_step(run: Run) -> dict[str, Any]:
             f"was applied and no model written, {kept}; lower lr (now {t.lr}), set max_grad_norm (e.g. 1.0) or use "
             "precision=fp32, then rerun with overwrite=true or a new output_dir"
         )
-    lr = run.scheduler.get_last_lr()[0]
+    lr = float(run.scheduler.get_last_lr()[0])  # (torchao keeps lr as a CPU tensor)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+    peak = None
+    if cuda:
+        torch.cuda.synchronize()  # the clock stops when the device has finished the step, not when it was queued
+        peak = torch.cuda.max_memory_allocated() / 2**30
     elapsed = run.reduce([time.perf_counter() - started], op="max")[0]  # the slowest process sets the pace
     run.state.step += 1
     run.state.train_seconds += elapsed
     run.session_seconds += elapsed
-    return {
-        "step": run.state.step, "forget_nll": forget_nll, "mismatch_nll": mismatch_nll if local[1] is not None else None,
-        "kl": kl if local[2] is not None else None, "loss": loss_value, "grad_norm": grad_norm, "lr": lr,
-        **{f"{'retain' if g == 'normal' else g}_nll": _scalar(terms.mean_nll(g)) for g in ("normal", "preferred") if g in terms.nll_sum},
+    row = {
+        "step": run.state.step, "forget_nll": forget_nll, "mismatch_nll": mismatch_nll if terms.mismatch_nll is not None else None,
+        "kl": kl if terms.kl is not None else None, "loss": loss_value, "grad_norm": grad_norm, "lr": lr,
+        **{f"{'retain' if g == 'normal' else g}_nll": v for g, v in group_nll.items()},
         **terms.logged,  # the method's own loss parts (npo_loss, dpo_loss, rmu_*_mse, ...)
         "tokens_per_s": tokens * run.world / elapsed, "step_time_s": elapsed,
     }
+    if peak is not None:
+        row["peak_mem_gib"] = run.reduce([peak], op="max")[0]  # the fullest device of the step
+    return row
 
 
 # ------------------------------------------------------------------------------------------- stop rules
@@ -521,9 +568,10 @@ def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
     held = parameter_bytes(run)  # before saving: the merged export unloads the adapter from the policy in place
     policy = run.model
     policy.eval()
-    if run.sharded or run.base_held_in_bf16:
+    if run.sharded or run.base_held_in_bf16 or run.policy_held_in_bf16:
         # A plain float32 model rebuilt from the original and the trained weights: under FSDP the policy's
-        # parameters are shards; with a LoRA base held in bf16 the adapter is merged into the float32 original.
+        # parameters are shards; with a LoRA base held in bf16 the adapter is merged into the float32 original;
+        # a bf16 policy is exported from its float32 master weights (``weights`` holds them, see checkpoint_payload).
         policy = load_model(run.config.model)
         if run.config.model.lora:
             policy = add_lora(policy, run.config.model)
