@@ -1,4 +1,4 @@
-"""Command line: ``unlearnkit run | demo | eval | judge | report | scenario | bench | methods``.
+"""Command line: ``unlearnkit run | demo | eval | attack | judge | report | scenario | bench | methods``.
 
 Bad input ends with one line on stderr naming the problem and the fix, exit status 2, no traceback.
 A run stopped by SIGTERM/SIGINT checkpoints and exits 128 + the signal (143 / 130); a diverged run
@@ -105,6 +105,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(comparison_table(results))
     print(f"results: {Path(args.output) / 'results.json'}  generations: {Path(args.output) / 'generations.jsonl'}")
     return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from unlearnkit.attack.run import run_attack
+
+    results = run_attack(args.target, args.output, args.attacks, list(args.overrides), progress=not args.quiet)
+    print(_attack_table(results))
+    print(f"results: {args.output}/results.json  report: {args.output}/report.html")
+    return 0
+
+
+def _attack_table(results: dict) -> str:
+    from unlearnkit.attack.report import table_rows
+
+    header, rows = table_rows(results)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
@@ -218,6 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="YAML with eval settings (eval_* fields)")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval overrides, e.g. eval_max_prompts=20")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    from unlearnkit.attack.run import ATTACKS
+
+    attack = sub.add_parser(
+        "attack", help="does the forgetting last? re-measure it after quantization, relearning, jailbreak and paraphrased prompts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate the original and the unlearned model under each attack (same prompt sets, judge and metrics as "
+                    "`unlearnkit eval`) and report the share of the forgetting that came back.",
+        epilog="attacks:\n" + "\n".join(f"  {name:<15} {text}" for name, text in ATTACKS.items())
+               + "\nkeys: attack_max_prompts (40), relearn_steps (10), relearn_lr (run lr x 10), relearn_examples (half the forget "
+                 "set), quant_backend (auto|rtn|nf4), model_before (the original, for a model folder); other keys override the "
+                 "run config (e.g. eval_device=cpu, judge=...)",
+    )
+    attack.add_argument("target", help="an unlearn run folder (config.yaml + model/) or a model folder with model_before=ORIGINAL")
+    attack.add_argument("--output", required=True, help="folder for results.json, generations.jsonl, report.md/html and relearned models")
+    attack.add_argument("--attacks", help=f"comma-separated, from {','.join(ATTACKS)} (default: every one that applies)")
+    attack.add_argument("--quiet", action="store_true", help="no progress bars")
+    attack.add_argument("overrides", nargs="*", metavar="key=value", help="attack keys and run-config overrides")
+    attack.set_defaults(handler=_cmd_attack)
 
     judge = sub.add_parser("judge", help="judge prompt/response pairs for harmfulness")
     judge.add_argument("--judge", default="builtin", help="builtin, a classifier model name/path, or generative:NAME")
