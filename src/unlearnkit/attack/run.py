@@ -265,10 +265,11 @@ class Runner:
         self.judge = load_judge(self.config.eval.judge, self.config.eval.judge_threshold) if needs_judge else None
 
     # one call of the evaluation runner; groups its generations back by base set
-    def evaluate(self, attack: str, models: list[tuple[str, Any]], sets: list[tuple[Any, str, str]],
+    def evaluate(self, attack: str, models: list[tuple[str, Any]], sets: list[tuple[Any, str, list[str]]],
                  transform: Callable[[Any], Any] | None = None) -> AttackEval:
-        """``sets``: (PromptSet to generate on, base set name, variant) triples; flags are combined per base set
-        as the worst case over its variants."""
+        """``sets``: (PromptSet to generate on, base set name, variants). A prompt attack generates all variants of a
+        base set as ONE set (fuller batches, one judge call): its questions are the base prompts once per variant,
+        in blocks; each prompt's flag is the worst case over its variants."""
         from unlearnkit.evaluate.run import eval_template, evaluate_models
 
         out = self.staging / "evals" / attack
@@ -276,23 +277,25 @@ class Runner:
         utility = self.plan.utility if attack in ("none", *WEIGHT_ATTACKS) and self.plan.utility is not None else None
         results = evaluate_models(models, prompt_sets + ([utility] if utility else []), self.config.eval, out,
                                   template=eval_template(self.config), meta={"attack": attack}, progress=self.progress,
-                                  seed=self.config.train.seed, judge=self.judge, transform=transform)
-        kind_of = {s.name: (s.kind, base, variant) for s, base, variant in sets}
+                                  seed=self.config.train.seed, judge=self.judge, transform=transform, fluency=False)
+        layout = {s.name: (s.kind, base, variants, len(s.questions) // len(variants)) for s, base, variants in sets}
         result = AttackEval()
         grouped: dict[tuple[str, str], list[float]] = {}
         with (out / "generations.jsonl").open() as handle:
             for line in handle:
                 row = json.loads(line)
-                if row["prompt_set"] in kind_of:
-                    kind, base, variant = kind_of[row["prompt_set"]]
-                    grouped.setdefault((row["model"], row["prompt_set"]), []).append(item_flag(kind, row))
+                if row["prompt_set"] in layout:
+                    kind, base, variants, n = layout[row["prompt_set"]]
+                    values = grouped.setdefault((row["model"], row["prompt_set"]), [])
+                    variant = variants[len(values) // n]
+                    values.append(item_flag(kind, row))
                     row = {**row, "prompt_set": base, **({"variant": variant} if variant else {})}
                 result.rows.append({"attack": attack, **row})
-        for s, base, _ in sets:
+        for s, base, variants in sets:
+            n = len(s.questions) // len(variants)
             for label in LABELS:
-                values = np.asarray(grouped[(label, s.name)], dtype=float)
-                current = result.flags.setdefault(base, {}).get(label)
-                result.flags[base][label] = values if current is None else np.maximum(current, values)
+                blocks = np.asarray(grouped[(label, s.name)], dtype=float).reshape(len(variants), n)
+                result.flags.setdefault(base, {})[label] = blocks.max(axis=0)  # worst case over variants, per prompt
         if utility is not None:
             result.utility = {label: {k: results[label].get(k) for k in ("on_topic_rate_benign", "similarity_to_original_benign", "nm_rate_benign")}
                               for label in LABELS}
@@ -309,7 +312,7 @@ class Runner:
         return [("original", before), ("unlearned", after)]
 
     def base_sets(self) -> list[tuple[Any, str, str]]:
-        return [(s, s.name, "") for s in self.plan.forgetting]
+        return [(s, s.name, [""]) for s in self.plan.forgetting]
 
     def full_positions(self, result: AttackEval) -> AttackEval:
         for s in self.plan.forgetting:
@@ -381,7 +384,7 @@ class Runner:
             sets.append((_dc_replace(s, questions=[s.questions[i] for i in keep],
                                      answers=None if s.answers is None else [s.answers[i] for i in keep],
                                      hallucinated=None if s.hallucinated is None else [s.hallucinated[i] for i in keep]),
-                         s.name, ""))
+                         s.name, [""]))
         result = self.evaluate("relearn_forget", self.models(models["original"], models["unlearned"]), sets)
         result.positions = positions
         info["evaluated_forget_half"] = len(split.evaluate)
@@ -399,33 +402,31 @@ class Runner:
         result.details = {"relearn": info}
         return result
 
+    def _variants(self, attack: str, kinds: tuple[str, ...], names: list[str], reword: Callable[[str, str], str]) -> AttackEval:
+        """Every prompt of the sets of ``kinds`` reworded once per variant in ``names``; the judge reads the original request."""
+        sets = []
+        for s in self.plan.forgetting:
+            if s.kind not in kinds:
+                continue
+            questions = [reword(name, q) for name in names for q in s.questions]
+            repeat = lambda items: None if items is None else [x for _ in names for x in items]  # noqa: E731
+            changes = ({"answers": None, "judged": repeat(s.questions)} if s.kind == "harmful"
+                       else {"answers": repeat(s.answers), "hallucinated": repeat(s.hallucinated)})
+            sets.append((_dc_replace(s, name=f"{s.name}@{attack}", questions=questions, **changes), s.name, names))
+        return self.evaluate(attack, self.models(), sets)
+
     def _jailbreak(self) -> AttackEval:
         from unlearnkit.attack.prompts import JAILBREAKS, jailbreak
 
-        sets = []
-        for s in self.plan.forgetting:
-            if s.kind != "harmful":
-                continue
-            for name in JAILBREAKS:
-                wrapped = [jailbreak(name, q) for q in s.questions]
-                sets.append((_dc_replace(s, name=f"{s.name}@{name}", questions=wrapped, answers=None, judged=list(s.questions)),
-                             s.name, name))
-        result = self.evaluate("jailbreak", self.models(), sets)
+        result = self._variants("jailbreak", ("harmful",), list(JAILBREAKS), jailbreak)
         result.details = {"templates": list(JAILBREAKS), "combined": "worst case over templates per prompt"}
         return result
 
     def _paraphrase(self) -> AttackEval:
         from unlearnkit.attack.prompts import PARAPHRASE_VARIANTS, paraphrase
 
-        sets = []
-        for s in self.plan.forgetting:
-            if s.kind not in ("harmful", "hallucination"):
-                continue
-            for v in range(PARAPHRASE_VARIANTS):
-                reworded = [paraphrase(q, v) for q in s.questions]
-                changes = {"answers": None, "judged": list(s.questions)} if s.kind == "harmful" else {}
-                sets.append((_dc_replace(s, name=f"{s.name}@p{v + 1}", questions=reworded, **changes), s.name, f"p{v + 1}"))
-        result = self.evaluate("paraphrase", self.models(), sets)
+        names = [f"p{v + 1}" for v in range(PARAPHRASE_VARIANTS)]
+        result = self._variants("paraphrase", ("harmful", "hallucination"), names, lambda name, q: paraphrase(q, int(name[1:]) - 1))
         result.details = {"variants": PARAPHRASE_VARIANTS, "combined": "worst case over variants per prompt"}
         return result
 

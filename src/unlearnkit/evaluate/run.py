@@ -355,12 +355,14 @@ def evaluate_models(
     seed: int = 0,
     judge: Any = None,
     transform: Callable[[Any], Any] | None = None,
+    fluency: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``models`` ([(label, ModelConfig or name)], baseline first) on ``sets``; write results + generations.
 
     ``judge``: an already loaded HarmJudge (else the config's judge is loaded here when a set needs one).
     ``transform``: applied to every model once loaded, before anything is generated or scored (the
-    weight attacks quantize the models here); returns the model to use.
+    weight attacks quantize the models here); returns the model to use. ``fluency=False`` leaves out
+    fluency_ppl (a scoring pass per set that the attacks, reading only forgetting rates, do not need).
     """
     from unlearnkit.evaluate.judges import load_judge
 
@@ -396,7 +398,8 @@ def evaluate_models(
         if model is not baseline:
             del model
             gc.collect()
-    _score_fluency(outputs, baseline, baseline_tokenizer, sets, resolved_template, seed)
+    if fluency:
+        _score_fluency(outputs, baseline, baseline_tokenizer, sets, resolved_template, seed)
     del baseline
     gc.collect()
     _score_embeddings(outputs, sets, device, seed)
