@@ -70,6 +70,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = load_config(args.config, ["overwrite=true", *args.overrides])
     print(f"demo: unlearning harmful answers from {config.model.name} ({config.method.name}), then evaluating before/after")
     run_and_evaluate(config, table_keys=DEMO_KEYS)
+    if not args.no_attack:
+        from unlearnkit.attack.report import summary_line
+        from unlearnkit.attack.run import run_attack
+
+        out = Path(config.train.output_dir)
+        attack_dir = out.with_name(out.name + "_attack")
+        print(f"demo: does the forgetting last? quant4 and relearn_forget on both models -> {attack_dir} (skip with --no-attack)")
+        results = run_attack(str(out), attack_dir, "quant4,relearn_forget", [], progress=config.train.progress)
+        print(summary_line(results) + f"  (full table: {attack_dir / 'report.md'}; all attacks: unlearnkit attack {out} --output DIR)")
     return 0
 
 
@@ -173,6 +182,15 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     output = Path(args.output or f"runs/scenario_{name}")
     print(f"scenario {name}: stages and evaluation in {output}")
     run_scenario(name, output, overrides, presets=Path(args.presets), fresh=args.fresh, progress=not args.quiet)
+    if args.attack:
+        from unlearnkit.attack.run import run_attack
+        from unlearnkit.scenarios import SCENARIOS
+
+        final = output / SCENARIOS[name].stages[-1].name  # the last stage's run folder: its config names the original
+        print(f"scenario {name}: attacks on {final} -> {output / 'attack'}")
+        results = run_attack(str(final), output / "attack", None, [], progress=not args.quiet)
+        print(_attack_table(results))
+        print(f"attack report: {output / 'attack' / 'report.html'}")
     return 0
 
 
@@ -223,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="unlearn harmful answers from the builtin model, evaluate before/after, report")
     demo.add_argument("--config", default="configs/demo.yaml", help="demo preset (default configs/demo.yaml)")
+    demo.add_argument("--no-attack", action="store_true",
+                      help="skip the closing robustness check (quant4 and relearn_forget through `unlearnkit attack`)")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. output_dir=runs/demo2")
     demo.set_defaults(handler=_cmd_demo)
 
@@ -282,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenario.add_argument("--presets", default="configs", help="folder holding the scenario presets (default configs)")
     scenario.add_argument("--fresh", action="store_true", help="retrain every stage even when a finished one matches")
     scenario.add_argument("--quiet", action="store_true", help="no progress bars")
+    scenario.add_argument("--attack", action="store_true",
+                          help="then run every attack that applies on the final model (`unlearnkit attack`, into OUTPUT/attack)")
     scenario.set_defaults(handler=_cmd_scenario)
 
     bench = sub.add_parser(

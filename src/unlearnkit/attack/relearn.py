@@ -74,15 +74,23 @@ def relearn_config(run: RunConfig, model: str, data_file: Path, output_dir: Path
     return config
 
 
+SOURCE = "relearn_source.json"
+
+
 def relearn(config: RunConfig, progress_label: str = "") -> tuple[Path, bool]:
-    """Train ``config`` (a relearn_config) unless a finished run with the same config is cached; (model folder, reused)."""
+    """Train ``config`` (a relearn_config) unless a finished run with the same config FROM THE SAME WEIGHTS is
+    cached (a rerun of `unlearnkit run` rewrites the unlearned model under the same path); (model folder, reused)."""
+    from unlearnkit.own_answers import model_fingerprint
     from unlearnkit.scenarios import reusable
     from unlearnkit.train import train
 
     out = Path(config.train.output_dir)
-    if reusable(config, out):
+    source = {"model_fingerprint": model_fingerprint(config.model)}
+    saved = out / SOURCE
+    if reusable(config, out) and saved.is_file() and json.loads(saved.read_text()) == source:
         return out / "model", True
     if progress_label:
         print(f"attack: {progress_label}: {config.train.max_steps} finetuning steps of {config.model.name}")
     train(config)
+    saved.write_text(json.dumps(source))
     return out / "model", False

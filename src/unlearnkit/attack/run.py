@@ -48,12 +48,13 @@ ATTACKS: dict[str, str] = {
 WEIGHT_ATTACKS = ("quant8", "quant4", "relearn_forget", "relearn_benign")
 FORGETTING_KINDS = {"harmful": "harmful_rate", "extraction": "leak_rate", "hallucination": "hallucination_rate"}
 LABELS = ("original", "unlearned")
+DEFAULT_MAX_PROMPTS = 40
 
 
 # ------------------------------------------------------------------------------------------- settings
 @dataclass
 class AttackSettings:
-    max_prompts: int = 40
+    max_prompts: int | None = None  # None: the run's eval_max_prompts, at most DEFAULT_MAX_PROMPTS
     relearn_steps: int = 10
     relearn_lr: float | None = None  # None: the run's lr x 10
     relearn_examples: int = 0  # 0: the whole relearn half of the forget set
@@ -81,7 +82,7 @@ def parse_keys(overrides: list[str]) -> tuple[AttackSettings, list[str]]:
         except ValueError:
             raise UserError(f"attack key '{key}' must be a {kind.__name__}, got {value!r}") from None
     s = settings
-    checks = [(s.max_prompts >= 0, "attack_max_prompts must be >= 0 (0 = all)"), (s.relearn_steps >= 1, "relearn_steps must be >= 1"),
+    checks = [(s.max_prompts is None or s.max_prompts >= 0, "attack_max_prompts must be >= 0 (0 = all)"), (s.relearn_steps >= 1, "relearn_steps must be >= 1"),
               (s.relearn_lr is None or (math.isfinite(s.relearn_lr) and s.relearn_lr > 0), "relearn_lr must be a finite number > 0"),
               (s.relearn_examples >= 0, "relearn_examples must be >= 0 (0 = the whole relearn half)"),
               (s.quant_backend in ("auto", "rtn", "nf4"), "quant_backend must be auto, rtn or nf4")]
@@ -512,6 +513,8 @@ def run_attack(target_path: str, output: str | Path, attacks: str | None, overri
     settings, run_overrides = parse_keys(overrides)
     target = resolve_target(target_path, run_overrides, settings.model_before)
     config = target.config
+    if settings.max_prompts is None:  # the run's own prompt count, capped: the attack evaluates ~7 times over
+        settings.max_prompts = min(DEFAULT_MAX_PROMPTS, config.eval.eval_max_prompts or DEFAULT_MAX_PROMPTS)
     config.eval.eval_max_prompts = settings.max_prompts
     config.train.progress = progress and config.train.progress
     output = Path(output).expanduser()
