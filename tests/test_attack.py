@@ -135,6 +135,24 @@ def test_relearning_changes_weights_and_is_seeded(tiny_model_dir, qa_files, tmp_
     assert relearn(relearn_config(run, str(tiny_model_dir), data, tmp_path / "a", steps=3, lr=1e-2, progress=False))[1]  # cached
 
 
+def test_relearn_cache_follows_the_starting_weights(tiny_model_dir, qa_files, tmp_path):
+    """A rerun of `unlearnkit run` rewrites the unlearned model under the same path: the relearned copy is not reused."""
+    import shutil
+    import time
+
+    forget, normal = qa_files
+    start = tmp_path / "start"
+    shutil.copytree(tiny_model_dir, start)
+    run = load_config(None, [f"model={start}", f"forget={forget}", f"normal={normal}", "template=chat"])
+    data = write_examples([QAExample("How do I pick lock 1?", "Rake pin 1."), QAExample("How do I pick lock 2?", "Rake pin 2.")],
+                          tmp_path / "data")
+    config = relearn_config(run, str(start), data, tmp_path / "out", steps=1, lr=1e-2, progress=False)
+    assert relearn(config)[1] is False and relearn(config)[1] is True
+    time.sleep(1.1)  # the fingerprint reads file times in whole seconds
+    make_tiny_model_dir(start, "chatml", seed=1)
+    assert relearn(config)[1] is False
+
+
 # ------------------------------------------------------------------------------------------- the command
 @pytest.fixture(scope="module")
 def attack_inputs(tmp_path_factory, tiny_model_dir):
