@@ -14,7 +14,7 @@ def format_rate(value: float | None, interval: list[float] | None = None) -> str
     if value is None:
         return "n/a"
     text = f"{value * 100:.0f}%"
-    return f"{text} [{interval[0] * 100:.0f}-{interval[1] * 100:.0f}]" if interval else text
+    return f"{text} [{interval[0] * 100:.0f}-{interval[1] * 100:.0f}%]" if interval else text
 
 
 def _bounded(value: float) -> str:

@@ -122,6 +122,9 @@ def resolve_target(path: str, overrides: list[str], model_before: str | None) ->
             raise UserError(f"{path} is a model folder without an unlearnkit run config, so the original model is unknown; "
                             "pass model_before=ORIGINAL_MODEL (plus forget= and eval_* keys), or give the run folder instead")
         return Target(load_config(None, [*overrides, *pinned]), folder, f"model folder {folder}")
+    if (folder / "config.yaml").is_file() and (folder / "adapter").is_dir():
+        raise UserError(f"{path} holds only a LoRA adapter (save_mode=adapter); attacks need the merged model: rerun with "
+                        "save_mode=both, or merge the adapter into a model folder and pass it with model_before=")
     if (folder / "config.yaml").is_file():
         raise UserError(f"{path} holds a run config but no model/ folder (the run has not finished); finish it with "
                         "`unlearnkit run --resume`, or give a model folder with model_before=")
