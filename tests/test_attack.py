@@ -272,3 +272,34 @@ def test_attack_refuses_bad_input_in_one_line_writing_nothing(attack_inputs, tin
     assert code == 2, err
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_scenario_attack_runs_on_the_final_model_and_skips_what_does_not_apply(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Hallucination scenario: no harmful set, so jailbreak is skipped; paraphrase rewords the hallucination questions.
+    (Only paraphrase is run here, to keep the test short; every attack runs in the end-to-end test above.)"""
+    import unlearnkit.attack.run as attack_run
+    from tests.conftest import REPO
+    from tests.test_scenarios import TINY
+
+    calls, real = [], attack_run.run_attack
+
+    def only_paraphrase(target, output, attacks, overrides, progress=True):
+        calls.append((target, attacks))
+        plan = attack_run.make_plan(attack_run.resolve_target(target, [], None), attack_run.AttackSettings(), attacks)
+        assert plan.attacks == ["quant8", "quant4", "relearn_forget", "relearn_benign", "paraphrase"]
+        assert "jailbreak" in plan.skipped
+        return real(target, output, "paraphrase", overrides, progress)
+
+    monkeypatch.setattr(attack_run, "run_attack", only_paraphrase)
+    out = tmp_path / "halu"
+    code = main(["scenario", "hallucination", "--output", str(out), "--presets", str(REPO / "configs"), "--quiet", "--attack",
+                 f"model={tiny_model_dir}", *TINY, "max_forget=4"])
+    assert code == 0, capsys.readouterr().err
+    assert calls == [(str(out / "unlearned"), None)]
+    results = json.loads((out / "attack" / "results.json").read_text())
+    assert results["meta"]["unlearned_model"] == str(out / "unlearned" / "model")
+    assert list(results["attacks"]) == ["none", "paraphrase"]
+    for data in results["attacks"].values():
+        assert list(data["sets"]) == ["hallucination"] and data["sets"]["hallucination"]["metric"] == "hallucination_rate_hallucination"
+    rows = [json.loads(line) for line in (out / "attack" / "generations.jsonl").read_text().splitlines()]
+    assert {r["variant"] for r in rows if r["attack"] == "paraphrase"} == {"p1", "p2", "p3"}
