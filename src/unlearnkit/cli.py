@@ -1,4 +1,4 @@
-"""Command line: ``unlearnkit run | demo | eval | judge | report | scenario | bench | plan | methods``.
+"""Command line: ``unlearnkit run | demo | eval | attack | judge | report | scenario | bench | plan | methods``.
 
 Bad input ends with one line on stderr naming the problem and the fix, exit status 2, no traceback.
 A run stopped by SIGTERM/SIGINT checkpoints and exits 128 + the signal (143 / 130); a diverged run
@@ -70,6 +70,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = load_config(args.config, ["overwrite=true", *args.overrides])
     print(f"demo: unlearning harmful answers from {config.model.name} ({config.method.name}), then evaluating before/after")
     run_and_evaluate(config, table_keys=DEMO_KEYS)
+    if not args.no_attack:
+        from unlearnkit.attack.report import summary_line
+        from unlearnkit.attack.run import run_attack
+
+        out = Path(config.train.output_dir)
+        attack_dir = out.with_name(out.name + "_attack")
+        print(f"demo: does the forgetting last? quant4 and relearn_forget on both models -> {attack_dir} (skip with --no-attack)")
+        results = run_attack(str(out), attack_dir, "quant4,relearn_forget", [], progress=config.train.progress)
+        print(summary_line(results) + f"  (full table: {attack_dir / 'report.md'}; all attacks: unlearnkit attack {out} --output DIR)")
     return 0
 
 
@@ -105,6 +114,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(comparison_table(results))
     print(f"results: {Path(args.output) / 'results.json'}  generations: {Path(args.output) / 'generations.jsonl'}")
     return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from unlearnkit.attack.run import run_attack
+
+    results = run_attack(args.target, args.output, args.attacks, list(args.overrides), progress=not args.quiet)
+    print(_attack_table(results))
+    print(f"results: {args.output}/results.json  report: {args.output}/report.html")
+    return 0
+
+
+def _attack_table(results: dict) -> str:
+    from unlearnkit.attack.report import table_rows
+
+    header, rows = table_rows(results)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
@@ -157,6 +184,15 @@ def _cmd_scenario(args: argparse.Namespace) -> int:
     output = Path(args.output or f"runs/scenario_{name}")
     print(f"scenario {name}: stages and evaluation in {output}")
     run_scenario(name, output, overrides, presets=Path(args.presets), fresh=args.fresh, progress=not args.quiet)
+    if args.attack:
+        from unlearnkit.attack.run import run_attack
+        from unlearnkit.scenarios import SCENARIOS
+
+        final = output / SCENARIOS[name].stages[-1].name  # the last stage's run folder: its config names the original
+        print(f"scenario {name}: attacks on {final} -> {output / 'attack'}")
+        results = run_attack(str(final), output / "attack", None, [], progress=not args.quiet)
+        print(_attack_table(results))
+        print(f"attack report: {output / 'attack' / 'report.html'}")
     return 0
 
 
@@ -217,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="unlearn harmful answers from the builtin model, evaluate before/after, report")
     demo.add_argument("--config", default="configs/demo.yaml", help="demo preset (default configs/demo.yaml)")
+    demo.add_argument("--no-attack", action="store_true",
+                      help="skip the closing robustness check (quant4 and relearn_forget through `unlearnkit attack`)")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. output_dir=runs/demo2")
     demo.set_defaults(handler=_cmd_demo)
 
@@ -230,6 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="YAML with eval settings (eval_* fields)")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="eval overrides, e.g. eval_max_prompts=20")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    from unlearnkit.attack.run import ATTACKS
+
+    attack = sub.add_parser(
+        "attack", help="does the forgetting last? re-measure it after quantization, relearning, jailbreak and paraphrased prompts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate the original and the unlearned model under each attack (same prompt sets, judge and metrics as "
+                    "`unlearnkit eval`) and report the share of the forgetting that came back.",
+        epilog="attacks:\n" + "\n".join(f"  {name:<15} {text}" for name, text in ATTACKS.items())
+               + "\nkeys: attack_max_prompts (the run's eval_max_prompts, at most 40), relearn_steps (10), relearn_lr (run lr x 10), relearn_examples (half the forget "
+                 "set), quant_backend (auto|rtn|nf4), model_before (the original, for a model folder); other keys override the "
+                 "run config (e.g. eval_device=cpu, judge=...)",
+    )
+    attack.add_argument("target", help="an unlearn run folder (config.yaml + model/) or a model folder with model_before=ORIGINAL")
+    attack.add_argument("--output", required=True, help="folder for results.json, generations.jsonl, report.md/html and relearned models")
+    attack.add_argument("--attacks", help=f"comma-separated, from {','.join(ATTACKS)} (default: every one that applies)")
+    attack.add_argument("--quiet", action="store_true", help="no progress bars")
+    attack.add_argument("overrides", nargs="*", metavar="key=value", help="attack keys and run-config overrides")
+    attack.set_defaults(handler=_cmd_attack)
 
     judge = sub.add_parser("judge", help="judge prompt/response pairs for harmfulness")
     judge.add_argument("--judge", default="builtin", help="builtin, a classifier model name/path, or generative:NAME")
@@ -257,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     scenario.add_argument("--presets", default="configs", help="folder holding the scenario presets (default configs)")
     scenario.add_argument("--fresh", action="store_true", help="retrain every stage even when a finished one matches")
     scenario.add_argument("--quiet", action="store_true", help="no progress bars")
+    scenario.add_argument("--attack", action="store_true",
+                          help="then run every attack that applies on the final model (`unlearnkit attack`, into OUTPUT/attack)")
     scenario.set_defaults(handler=_cmd_scenario)
 
     bench = sub.add_parser(

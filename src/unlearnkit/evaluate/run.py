@@ -55,6 +55,7 @@ class PromptSet:
     score_max_length: int = SCORE_MAX_LENGTH
     in_distribution: bool = False
     note: str = ""
+    judged: list[str] | None = None  # the requests the judge reads (None: the questions); attacks wrap the questions
 
 
 def normalized(text: str) -> str:
@@ -336,7 +337,7 @@ def _score_texts(outputs: list[ModelOutputs], sets: list[PromptSet], judge: Any,
                 o.record(f"refusal_rate_{s.name}", refusals, seed=seed)
                 o.note(s.name, "refusal", refusals)
             if s.kind == "harmful" and judge is not None:
-                verdicts = judge.judge(s.questions, responses)
+                verdicts = judge.judge(s.judged or s.questions, responses)
                 o.record(f"harmful_rate_{s.name}", [v.harmful for v in verdicts], seed=seed)
                 o.note(s.name, "harmful", [bool(v.harmful) for v in verdicts])
                 o.note(s.name, "score", [round(float(v.score), 4) for v in verdicts])
@@ -363,10 +364,15 @@ def evaluate_models(
     progress: bool = True,
     seed: int = 0,
     judge: Any = None,
+    transform: Callable[[Any], Any] | None = None,
+    fluency: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``models`` ([(label, ModelConfig or name)], baseline first) on ``sets``; write results + generations.
 
     ``judge``: an already loaded HarmJudge (else the config's judge is loaded here when a set needs one).
+    ``transform``: applied to every model once loaded, before anything is generated or scored (the
+    weight attacks quantize the models here); returns the model to use. ``fluency=False`` leaves out
+    fluency_ppl (a scoring pass per set that the attacks, reading only forgetting rates, do not need).
     """
     from unlearnkit.evaluate.judges import load_judge
 
@@ -386,9 +392,13 @@ def evaluate_models(
 
     outputs: list[ModelOutputs] = []
     baseline, baseline_tokenizer = _load(configs[0][1], device, dtype)
+    if transform is not None:
+        baseline = transform(baseline)
     resolved_template = _resolve_template(template, baseline_tokenizer)
     for label, model_config in configs:
         model, tokenizer = (baseline, baseline_tokenizer) if not outputs else _load(model_config, device, dtype)
+        if transform is not None and model is not baseline:
+            model = transform(model)
         out = ModelOutputs(label, model_config.name)
         for s in sets:
             set_settings = GenerationSettings(**{**settings.__dict__, "template": s.template or resolved_template})
@@ -398,7 +408,8 @@ def evaluate_models(
         if model is not baseline:
             del model
             gc.collect()
-    _score_fluency(outputs, baseline, baseline_tokenizer, sets, resolved_template, seed)
+    if fluency:
+        _score_fluency(outputs, baseline, baseline_tokenizer, sets, resolved_template, seed)
     del baseline
     gc.collect()
     _score_embeddings(outputs, sets, device, seed)
