@@ -19,6 +19,9 @@ What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answ
   ChatGPT answers), disjoint from the Self-Instruct seeds: a benign pool for normal data. MIT.
 - ``toxicchat_benign``: 400 real user prompts that ToxicChat's annotators labelled unharmful (short, English),
   prompt-only: a pool of everyday requests for normal data answered by the model itself. CC-BY-NC-4.0.
+- ``guard_benign``: 64 everyday prompts (32 Alpaca instructions, 32 real ToxicChat requests labelled unharmful)
+  that no other shipped file holds: the validation set of the training utility guard (``guard_set``),
+  disjoint from every evaluation set and training pool. Prompt-only. MIT (Alpaca rows) / CC-BY-NC-4.0 (ToxicChat rows).
 - ``gutenberg_alice``: consecutive passages of *Alice's Adventures in Wonderland* as (prefix ``question``,
   continuation ``answer``, ``chapter``) for the copyright / memorization scenario and extraction prompts.
   Public domain (US).
@@ -63,6 +66,7 @@ _SELF_INSTRUCT = "Self-Instruct seed tasks (Wang et al. 2023) via tatsu-lab/stan
 _XSTEST = "XSTest (Röttger et al. 2024), xstest_prompts.csv"
 _ALPACA = "HaluEval general_data.json (Li et al. 2023): Alpaca instructions with ChatGPT answers"
 _TOXICCHAT = "ToxicChat test split (Lin et al. 2023), unharmful user prompts"
+_GUARD = "HaluEval general_data.json (Alpaca instructions) and ToxicChat test split (unharmful prompts): rows no other file holds"
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
 
 
@@ -130,6 +134,8 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
         _entry("alpaca_instructions", "600 everyday instructions with ChatGPT answers (benign normal-data pool)", "MIT", _ALPACA),
         _entry("toxicchat_benign", "400 real user prompts labelled unharmful, prompt-only (normal pool for normal_answers=self)",
                "CC-BY-NC-4.0", _TOXICCHAT),
+        _entry("guard_benign", "64 everyday prompts (Alpaca + ToxicChat) held out of every other file, prompt-only (the training "
+               "utility guard's validation set)", "MIT (Alpaca rows) / CC-BY-NC-4.0 (ToxicChat rows)", _GUARD),
     ]
 )
 
@@ -156,7 +162,7 @@ def builtin_dataset_path(name: str) -> Path:
 def load_builtin_dataset(name: str) -> list[dict[str, Any]]:
     """All rows of builtin dataset ``name`` (a fresh list of dicts, file order).
 
-    Every row has a non-empty ``question`` and (except prompt-only ``xstest_safe`` and ``toxicchat_benign``) ``answer``; some datasets add fields
+    Every row has a non-empty ``question`` and (except prompt-only ``xstest_safe``, ``toxicchat_benign`` and ``guard_benign``) ``answer``; some datasets add fields
     (``right_answer``/``knowledge`` for HaluEval, ``chapter`` for Gutenberg).
     """
     path = builtin_dataset_path(name)
