@@ -353,10 +353,14 @@ def evaluate_models(
     progress: bool = True,
     seed: int = 0,
     judge: Any = None,
+    reuse_generations: dict[str, dict[str, Generations]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` ([(label, ModelConfig or name)], baseline first) on ``sets``; write results + generations.
 
     ``judge``: an already loaded HarmJudge (else the config's judge is loaded here when a set needs one).
+    ``reuse_generations``: {label: {set name: Generations}} generated before with the same settings (e.g. the
+    baseline's, cached by a benchmark that evaluates many models against one original): those sets are not
+    generated again; everything is still scored.
     """
     from unlearnkit.evaluate.judges import load_judge
 
@@ -380,7 +384,11 @@ def evaluate_models(
     for label, model_config in configs:
         model, tokenizer = (baseline, baseline_tokenizer) if not outputs else _load(model_config, device, dtype)
         out = ModelOutputs(label, model_config.name)
+        reused = (reuse_generations or {}).get(label, {})
         for s in sets:
+            if s.name in reused and len(reused[s.name].responses) == len(s.questions):
+                out.generations[s.name] = reused[s.name]
+                continue
             set_settings = GenerationSettings(**{**settings.__dict__, "template": s.template or resolved_template})
             out.generations[s.name] = generate(model, tokenizer, s.questions, set_settings, progress=progress, desc=f"{label}: {s.name}")
         _score_own(out, model, tokenizer, sets, resolved_template, seed)
