@@ -164,20 +164,22 @@ RMU_LAYER = 7
 RMU_NORM_NOTE = "mean per-token L2 norm of layer-7 outputs on the demo's forget answers (smollm2-135m): measured, see docs/frontier.md"
 RMU_COEFFS = (20.0, 60.0)
 
-# The grid: per method, a few settings (lr x steps x regularizer weight); "small" fits ~1 hour per task on the
-# 2-core CPU (see docs/frontier.md for the measured cost per point). Every point keeps the task preset's data,
-# seed, batch size, normal data and template; only these keys change.
+# The grid: per method, a few settings of lr x steps x regularizer weight; "small" fits ~1 hour per task on the
+# 2-core CPU (docs/frontier.md has the measured cost per point). lr_x and steps_x scale the task preset's own lr
+# and max_steps (harmful and hallucination: 5e-5 x 30; copyright: 1e-4 x 60), so one grid serves tasks whose
+# budgets differ; every other key is set as given. Every point keeps the preset's data, seed, batch size,
+# normal data and template.
 SMALL_GRID: dict[str, list[dict[str, Any]]] = {
-    "ga_mismatch_kl": [{"lr": 5e-5, "max_steps": 30, "w_normal": 5.0},  # the shipped demo
-                       {"lr": 3e-5, "max_steps": 30, "w_normal": 10.0},
-                       {"lr": 5e-5, "max_steps": 20, "w_normal": 10.0}],
-    "npo": [{"lr": 5e-5, "max_steps": 30, "w_retain": 1.0}, {"lr": 1e-4, "max_steps": 30, "w_retain": 5.0}],
-    "simnpo": [{"lr": 5e-5, "max_steps": 30, "w_retain": 1.0}, {"lr": 1e-4, "max_steps": 30, "w_retain": 5.0}],
-    "grad_diff": [{"lr": 2e-5, "max_steps": 30, "w_retain": 1.0}, {"lr": 5e-5, "max_steps": 30, "w_retain": 5.0}],
-    "idk_dpo": [{"lr": 5e-5, "max_steps": 30, "w_retain": 1.0}, {"lr": 1e-4, "max_steps": 30, "w_retain": 5.0}],
-    "dpo": [{"lr": 5e-5, "max_steps": 30}, {"lr": 1e-4, "max_steps": 30, "regularizer": "retain_nll", "w_retain": 1.0}],
-    "rmu": [{"lr": 5e-5, "max_steps": 30, "rmu_layer": RMU_LAYER, "rmu_coeff": RMU_COEFFS[0], "rmu_alpha": 100.0},
-            {"lr": 5e-5, "max_steps": 30, "rmu_layer": RMU_LAYER, "rmu_coeff": RMU_COEFFS[1], "rmu_alpha": 1000.0}],
+    "ga_mismatch_kl": [{"lr_x": 1, "steps_x": 1, "w_normal": 5.0},  # the shipped presets
+                       {"lr_x": 0.6, "steps_x": 1, "w_normal": 10.0},
+                       {"lr_x": 1, "steps_x": 2 / 3, "w_normal": 10.0}],
+    "npo": [{"lr_x": 1, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 2, "steps_x": 1, "w_retain": 5.0}],
+    "simnpo": [{"lr_x": 1, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 2, "steps_x": 1, "w_retain": 5.0}],
+    "grad_diff": [{"lr_x": 0.4, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 1, "steps_x": 1, "w_retain": 5.0}],
+    "idk_dpo": [{"lr_x": 1, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 2, "steps_x": 1, "w_retain": 5.0}],
+    "dpo": [{"lr_x": 1, "steps_x": 1}, {"lr_x": 2, "steps_x": 1, "regularizer": "retain_nll", "w_retain": 1.0}],
+    "rmu": [{"lr_x": 1, "steps_x": 1, "rmu_layer": RMU_LAYER, "rmu_coeff": RMU_COEFFS[0], "rmu_alpha": 100.0},
+            {"lr_x": 1, "steps_x": 1, "rmu_layer": RMU_LAYER, "rmu_coeff": RMU_COEFFS[1], "rmu_alpha": 1000.0}],
 }
 # Tests: 2 methods x 2 settings, 2 steps each.
 TINY_GRID: dict[str, list[dict[str, Any]]] = {
@@ -208,6 +210,16 @@ def grid_points(task: str, grid: str, methods: Sequence[str] | None, only: Seque
             raise SystemExit(f"points {', '.join(sorted(missing))} are not in the grid; choose from {', '.join(p[0] for p in points)}")
         points = [p for p in points if p[0] in only]
     return points
+
+
+def resolved(setting: dict[str, Any], base: Any) -> dict[str, Any]:
+    """A grid setting with lr_x / steps_x turned into lr / max_steps from the preset's own values."""
+    out = {k: v for k, v in setting.items() if k not in ("lr_x", "steps_x")}
+    if "lr_x" in setting:
+        out = {"lr": float(f"{base.train.lr * setting['lr_x']:.3g}"), **out}
+    if "steps_x" in setting:
+        out = {**({"lr": out.pop("lr")} if "lr" in out else {}), "max_steps": max(1, round(base.train.max_steps * setting["steps_x"])), **out}
+    return out
 
 
 # ------------------------------------------------------------------------------------------- caching
@@ -307,6 +319,7 @@ def run_frontier(task_name: str, output: Path, *, grid: str = "small", methods: 
     results: list[PointResult] = []
     original_metrics: dict[str, Any] | None = None
     for number, (label, method, setting) in enumerate(points, 1):
+        setting = resolved(setting, base)
         point_overrides = [f"method={method}", *(f"{k}={v}" for k, v in setting.items())]
         if method == "dpo":
             point_overrides.append(f"forget_preferred_column={task.preferred_column}")
