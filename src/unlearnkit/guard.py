@@ -143,7 +143,8 @@ def prepare_guard(config: Any, data: tuple[list[QAExample], list[QAExample]], pr
         raise UserError(f"guard_every needs a one-process run (this launch has {processes} processes); "
                         "set guard_every=0 or run without accelerate launch")
     if config.method.name == "finetune":
-        raise UserError("guard_every keeps the step with the most forgetting; method finetune learns its data instead: set guard_every=0")
+        raise UserError("guard_every keeps the step with the most forgetting; method finetune learns its data instead: set guard_every=0 "
+                        "(in a scenario, give it to the unlearning stage only: unlearn.guard_every=N)")
     from unlearnkit.evaluate.run import dataset_family, default_prompt_sets, prompt_only_set
 
     guard = prompt_only_set("guard", "benign", t.guard_set, 0)
