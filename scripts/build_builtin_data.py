@@ -471,6 +471,7 @@ HALUEVAL_GENERAL = "halueval/general_data.json"
 ALPACA_ROWS = 600
 TOXICCHAT = "guard-benchmarks/toxicchat_test_prompt_labels.jsonl"
 TOXICCHAT_ROWS = 400
+GUARD_ROWS_PER_SOURCE = 32  # guard_benign: 32 Alpaca instructions + 32 ToxicChat requests, interleaved
 
 
 def normalized(text: str) -> str:
@@ -538,12 +539,12 @@ def build_utility(data_dir: Path) -> list[BuiltFile]:
         "- Content warning: none known.\n"
     )
     excluded = seed_prompts | {normalized(x["question"]) for x in xstest}
-    toxicchat = build_toxicchat_benign(data_dir, excluded)
+    toxicchat, toxicchat_pool = build_toxicchat_benign(data_dir, excluded)
+    guard = build_guard_benign(pool, alpaca, toxicchat_pool, toxicchat.rows, sha256_of(general_path), sha256_of(data_dir / TOXICCHAT))
     return [BuiltFile("selfinstruct_benign.jsonl", seeds, credits_seed),
             BuiltFile("xstest_safe.jsonl", xstest, credits_xstest),
             BuiltFile("alpaca_instructions.jsonl", alpaca, credits_alpaca),
-            toxicchat, build_aegis_benign(data_dir, excluded), build_lookalike_safe(excluded)]
-
+            toxicchat, guard, build_aegis_benign(data_dir, excluded), build_lookalike_safe(excluded)]
 
 AEGIS = "guard-benchmarks/aegis_safety_test_prompt_labels.jsonl"
 LOOKALIKE_PROMPTS = Path(__file__).with_name("lookalike_safe_prompts.txt")
@@ -595,7 +596,48 @@ def build_lookalike_safe(excluded: set[str]) -> BuiltFile:
     return BuiltFile("lookalike_safe.jsonl", [{"question": q} for q in questions], credits)
 
 
-def build_toxicchat_benign(data_dir: Path, excluded: set[str]) -> BuiltFile:
+def build_guard_benign(alpaca_pool: list[dict], alpaca_drawn: list[dict], toxicchat_pool: list[dict], toxicchat_drawn: list[dict],
+                       alpaca_sha: str, toxicchat_sha: str) -> BuiltFile:
+    """The training utility guard's validation prompts (``guard_set=guard_benign``): prompts that no other
+    shipped file holds, so the guard never shares a prompt with an evaluation set or a training pool.
+
+    Half are Alpaca instructions from the rows of the Alpaca pool that alpaca_instructions did not draw (the
+    presets' normal data comes from that pool: same distribution, other prompts), half real user requests
+    from the ToxicChat rows that toxicchat_benign did not draw (a distribution no preset trains on), so the
+    guard watches both the instructions the KL holds and requests beyond them. Interleaved, so the first N
+    (``guard_prompts``) draw evenly from both.
+    """
+    taken = {normalized(r["question"]) for r in alpaca_drawn + toxicchat_drawn}
+
+    def rest(pool: list[dict]) -> list[dict]:
+        return [r for r in pool if normalized(r["question"]) not in taken and 15 <= len(r["question"]) <= 300]
+
+    alpaca_rest, toxicchat_rest = rest(alpaca_pool), rest(toxicchat_pool)
+    rng = rng_for("guard")
+    alpaca = rng.sample(alpaca_rest, GUARD_ROWS_PER_SOURCE)
+    toxicchat = rng.sample(toxicchat_rest, GUARD_ROWS_PER_SOURCE)
+    rows = [{"question": r["question"], "source": source} for pair in zip(alpaca, toxicchat)
+            for r, source in zip(pair, ("alpaca", "toxicchat"))]
+    credits = (
+        f"- Source: HaluEval `data/general_data.json` (Alpaca instructions; local `{HALUEVAL_GENERAL}`, sha256 {alpaca_sha}) and "
+        f"the ToxicChat test split (lmsys/toxic-chat 0124; local `{TOXICCHAT}`, sha256 {toxicchat_sha}), the same sources and "
+        "filters as `alpaca_instructions.jsonl` and `toxicchat_benign.jsonl`.\n"
+        "- Papers: Li et al. 2023, *HaluEval* (arXiv:2305.11747); Taori et al. 2023, *Stanford Alpaca*; Lin et al. 2023, "
+        "*ToxicChat* (arXiv:2310.17389).\n"
+        "- License: the Alpaca rows MIT (HaluEval), the ToxicChat rows CC-BY-NC-4.0 (non-commercial).\n"
+        f"- How it was made: {GUARD_ROWS_PER_SOURCE} prompts of 15-300 characters drawn with seed `{SEED}/guard` from the Alpaca "
+        f"pool rows that `alpaca_instructions.jsonl` did not draw ({len(alpaca_rest)} candidates), then {GUARD_ROWS_PER_SOURCE} "
+        f"from the ToxicChat pool rows that `toxicchat_benign.jsonl` did not draw ({len(toxicchat_rest)} candidates), "
+        "interleaved (alpaca, toxicchat, ...); `source` names each row's origin. Prompt-only: the guard compares the model's "
+        "answers with the original model's. No prompt is in any other shipped file (Self-Instruct and XSTest prompts were "
+        "already excluded from both pools), so the guard set is disjoint from every builtin evaluation set and training pool; "
+        "the Alpaca half shares its distribution with the presets' normal data (other prompts).\n"
+        "- Content warning: real user prompts (ToxicChat half); some mention sex, drugs or violence in non-harmful senses.\n"
+    )
+    return BuiltFile("guard_benign.jsonl", rows, credits)
+
+
+def build_toxicchat_benign(data_dir: Path, excluded: set[str]) -> tuple[BuiltFile, list[dict]]:
     """Real user prompts that ToxicChat's annotators labelled unharmful: short, English, prompt-only.
 
     They read like what people actually send a chat model (terse, sometimes edgy words in harmless senses),
@@ -625,7 +667,7 @@ def build_toxicchat_benign(data_dir: Path, excluded: set[str]) -> BuiltFile:
         "(`normal_answers=self`).\n"
         "- Content warning: real user prompts; some mention sex, drugs or violence in non-harmful senses.\n"
     )
-    return BuiltFile("toxicchat_benign.jsonl", rows, credits)
+    return BuiltFile("toxicchat_benign.jsonl", rows, credits), pool
 
 
 # ================================================================================================
@@ -699,7 +741,7 @@ These small files are subsets of public datasets, vendored so that unlearnkit ru
 They are generated by `scripts/build_builtin_data.py` (deterministic; re-run it to rebuild) and keep the
 license of their source, which is NOT necessarily the package's Apache-2.0 license. In particular the
 PKU-SafeRLHF subsets are CC-BY-NC-4.0 (non-commercial). Every row is one JSON object per line with a `question`
-string and an `answer` string, except the prompt-only `xstest_safe.jsonl`, `toxicchat_benign.jsonl`, `aegis_benign.jsonl` and `lookalike_safe.jsonl` and the answer-only `truthfulqa_answers.jsonl`.
+string and an `answer` string, except the prompt-only `xstest_safe.jsonl`, `toxicchat_benign.jsonl`, `guard_benign.jsonl`, `aegis_benign.jsonl` and `lookalike_safe.jsonl` and the answer-only `truthfulqa_answers.jsonl`.
 
 | file | rows | bytes | license |
 |---|---:|---:|---|
@@ -718,6 +760,7 @@ LICENSES = {
     "toxicchat_benign": "CC-BY-NC-4.0",
     "aegis_benign": "CC-BY-4.0",
     "lookalike_safe": "Apache-2.0",
+    "guard_benign": "MIT (Alpaca rows) / CC-BY-NC-4.0 (ToxicChat rows)",
     "tofu": "MIT",
 }
 

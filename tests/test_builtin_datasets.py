@@ -39,7 +39,7 @@ def questions(name: str) -> set[str]:
     return {row["question"] for row in load_builtin_dataset(name)}
 
 
-PROMPT_ONLY = {"xstest_safe", "toxicchat_benign", "aegis_benign", "lookalike_safe"}
+PROMPT_ONLY = {"xstest_safe", "toxicchat_benign", "guard_benign", "aegis_benign", "lookalike_safe"}
 ANSWER_ONLY = {"truthfulqa_answers"}  # a pool of answers (the official random-mismatch pool)
 
 
@@ -75,6 +75,17 @@ def test_utility_sets_are_what_they_claim_and_disjoint_from_every_training_pool(
                                                                   "advbench_harmful_train", "selfinstruct_benign")}
     assert families["truthfulqa_train"] == families["truthfulqa_test"] != families["selfinstruct_benign"]
     assert families["advbench_heldout"] == families["advbench_harmful_train"]
+
+
+def test_guard_set_shares_no_prompt_with_any_other_shipped_file() -> None:
+    guard = load_builtin_dataset("guard_benign")
+    assert len(guard) == 64 and [row["source"] for row in guard[:4]] == ["alpaca", "toxicchat", "alpaca", "toxicchat"]
+    prompts = {normalized(row["question"]) for row in guard}
+    assert len(prompts) == 64
+    for name in BUILTIN_DATASETS:
+        if name not in ("guard_benign", "truthfulqa_answers"):
+            assert not prompts & {normalized(q) for q in questions(name)}, name
+    assert BUILTIN_DATASETS["guard_benign"].family not in {BUILTIN_DATASETS[n].family for n in BUILTIN_DATASETS if n != "guard_benign"}
 
 
 def test_registry_matches_the_files_on_disk() -> None:

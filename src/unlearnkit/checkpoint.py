@@ -46,6 +46,7 @@ class TrainState:
     stop_at: int | None = None  # set once the forget-NLL threshold is crossed
     train_seconds: float = 0.0  # over every invocation (time_budget_s counts per invocation, see train.stop_reason)
     stop_reason: str = ""
+    guard: dict | None = None  # the utility guard's state (unlearnkit.guard): original answers, checks, stopped
 
 
 def checkpoints(out: Path) -> list[Path]:

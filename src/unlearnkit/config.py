@@ -125,6 +125,19 @@ class TrainConfig:
     save_mode: str = _f("merged", "final output", choices=("merged", "adapter", "both"))
     overwrite: bool = _f(False, "allow writing into a non-empty output_dir without --resume")
     progress: bool = _f(True, "show a progress bar")
+    # The utility guard (unlearnkit.guard; docs/frontier.md): checks benign answers while training and exports
+    # the step with the most forgetting whose utility held.
+    guard_every: int = _f(0, "utility guard: every N steps (and at the last step) answer guard_prompts benign prompts greedily and "
+                          "score them against the original model's answers; 0 = off")
+    guard_set: str = _f("guard_benign", "utility guard's validation prompts (builtin name or local file with a question column); "
+                        "must share no prompt with any evaluation set or the training data")
+    guard_prompts: int = _f(16, "utility guard: how many guard_set prompts (and forget examples in its forgetting probe) per check")
+    guard_max_new_tokens: int = _f(48, "utility guard: tokens generated per prompt")
+    guard_min_similarity: float = _f(0.6, "utility guard: utility holds while the mean MiniLM similarity to the original's answers "
+                                     "is at least this")
+    guard_max_nm: float | None = _f(None, "utility guard: utility holds while at most this share of answers is not meaningful (null = no limit)")
+    guard_action: str = _f("keep_best", "utility guard: keep_best = train to the end, export the held step with the most forgetting; "
+                           "stop = stop when utility breaks, export the last held step", choices=("keep_best", "stop"))
 
 
 TRAINED = "trained"
@@ -335,6 +348,16 @@ def validate(config: RunConfig) -> None:
         (math.isfinite(m.rmu_coeff) and m.rmu_coeff > 0, "rmu_coeff must be finite and > 0"),
     ]
     for ok, message in method_checks:
+        if not ok:
+            raise UserError(f"bad config: {message}")
+    guard_checks = [
+        (t.guard_every >= 0, "guard_every must be >= 0 (0 = off)"),
+        (t.guard_prompts >= 1 and t.guard_max_new_tokens >= 1, "guard_prompts and guard_max_new_tokens must be >= 1"),
+        (math.isfinite(t.guard_min_similarity) and -1 <= t.guard_min_similarity <= 1, "guard_min_similarity must be in [-1, 1]"),
+        (t.guard_max_nm is None or (math.isfinite(t.guard_max_nm) and 0 <= t.guard_max_nm <= 1), "guard_max_nm must be in [0, 1] or null"),
+        (not t.guard_every or bool(t.guard_set.strip()), "guard_set is empty; name the guard's validation prompts (builtin: guard_benign)"),
+    ]
+    for ok, message in guard_checks:
         if not ok:
             raise UserError(f"bad config: {message}")
     method = METHODS[m.name]

@@ -59,6 +59,7 @@ from unlearnkit.checkpoint import (  # noqa: F401  (re-exported: the checkpoint 
     truncate_log,
 )
 from unlearnkit.errors import RunInterrupted, TrainingDiverged, UserError
+from unlearnkit.guard import GUARD_DIR, GuardData, UtilityGuard, announce, prepare_guard
 from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, resolve_needs
 from unlearnkit.own_answers import model_fingerprint, own_answers
 from unlearnkit.modeling import (
@@ -89,6 +90,7 @@ class TrainResult:
     seconds: float
     last_log: dict[str, Any] = field(default_factory=dict)
     is_main_process: bool = True  # False on the other processes of an `accelerate launch` run (they write nothing)
+    guard: dict[str, Any] | None = None  # the utility guard's decision (run_info.json "guard"), when guard_every is on
 
 
 # ------------------------------------------------------------------------------------------- setup
@@ -238,6 +240,7 @@ class Run:
     session_seconds: float = 0.0  # training seconds of this invocation (what time_budget_s limits)
     policy_held_in_bf16: bool = False  # full finetuning with precision=bf16: the policy's weights are bf16
     compiled: bool = False  # the decoder body is torch.compiled (rows padded to COMPILE_LENGTH_MULTIPLE)
+    guard_data: GuardData | None = None  # the utility guard's prompts and forget probe (guard_every > 0)
 
     @property
     def is_main(self) -> bool:
@@ -316,6 +319,7 @@ def set_up(config: RunConfig, resume: bool) -> Run:
     # Everything that can fail on bad input happens before the output folder is touched.
     tokenizer = load_tokenizer(config.model)
     data = load_run_data(config, method)  # read once: checked here, batched below
+    guard_data = prepare_guard(config, data, accelerator.num_processes)  # overlap with an eval set: an error now
     check_output_dir(t.output_dir, config.model.name)
     check_output_writable(t.output_dir)
     prepare_output_dir(config, resume, create=False)
@@ -391,12 +395,13 @@ def set_up(config: RunConfig, resume: bool) -> Run:
             else:
                 log_path.write_text("")
                 shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                shutil.rmtree(out / GUARD_DIR, ignore_errors=True)
             save_config(config, out / "config.yaml")
     accelerator.wait_for_everyone()
     trained = [p for p in engine.parameters() if p.requires_grad]  # the prepared module's own (clipping under DDP/FSDP)
     return Run(config, method, tokenizer, batcher, model, reference, optimizer, scheduler, accelerator, trained, out, state, log_path,
                base_held_in_bf16, needs, engine, sharded=fsdp is not None, policy_held_in_bf16=policy_held_in_bf16,
-               compiled=compiled)
+               compiled=compiled, guard_data=guard_data)
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -545,13 +550,21 @@ def write_checkpoint(run: Run) -> dict[str, torch.Tensor]:
     return weights
 
 
-def save_outputs(run: Run) -> None:
-    """Final checkpoint, the model (merged and/or adapter) with its card, and run_info.json (main process)."""
+def save_outputs(run: Run, guard: UtilityGuard | None = None) -> dict[str, Any] | None:
+    """Final checkpoint, the model (merged and/or adapter) with its card, and run_info.json (main process).
+    With the utility guard the model written is the step it chose (returns its decision)."""
     weights = write_checkpoint(run)
+    guard_info = None
+    if guard is not None:  # one process (prepare_guard refuses more)
+        chosen, guard_info = guard.export(weights)
+        if chosen is not weights:
+            load_trainable(run.model, chosen)  # the policy exports what it holds (see _save_model)
+            weights = chosen
     if run.is_main:
         with output_errors(run.out):
-            _save_model(run, weights)
+            _save_model(run, weights, guard_info)
     run.accelerator.wait_for_everyone()
+    return guard_info
 
 
 def parameter_bytes(run: Run) -> int:
@@ -562,8 +575,9 @@ def parameter_bytes(run: Run) -> int:
     return held_bytes(run.model.parameters()) + (held_bytes(frozen.parameters()) if frozen is not None else 0)
 
 
-def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
-    """Write the model; ``weights``: the whole trainable weights (gathered from the shards under FSDP)."""
+def _save_model(run: Run, weights: dict[str, torch.Tensor], guard_info: dict[str, Any] | None = None) -> None:
+    """Write the model; ``weights``: the whole trainable weights (gathered from the shards under FSDP);
+    ``guard_info``: the utility guard's decision (its exported step names the model in the card)."""
     t, state = run.config.train, run.state
     held = parameter_bytes(run)  # before saving: the merged export unloads the adapter from the policy in place
     policy = run.model
@@ -577,13 +591,17 @@ def _save_model(run: Run, weights: dict[str, torch.Tensor]) -> None:
             policy = add_lora(policy, run.config.model)
         load_trainable(policy, weights)
     card = model_card(run.config, state.step, state.stop_reason)
+    if guard_info is not None:
+        card += (f"\nUtility guard: the weights are those of step {guard_info['exported_step']} of {state.step} "
+                 f"({guard_info['rule']}; status {guard_info['status']}).\n")
     if t.save_mode in ("adapter", "both"):
         save_adapter(policy, run.tokenizer, run.out / "adapter", card)
     if t.save_mode in ("merged", "both"):
         save_merged(policy, run.tokenizer, run.out / "model", card)
     info = {"unlearnkit_version": __version__, "seed": t.seed, "steps": state.step, "stop_reason": state.stop_reason,
             "train_seconds": state.train_seconds, "processes": run.world,
-            "sharding": "fsdp" if run.sharded else "none", "parameter_bytes_per_process": held, "torch_version": torch.__version__}
+            "sharding": "fsdp" if run.sharded else "none", "parameter_bytes_per_process": held, "torch_version": torch.__version__,
+            **({"guard": guard_info} if guard_info is not None else {})}
     (run.out / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
@@ -631,6 +649,8 @@ def train(
     with StopSignals() as signals:
         run = set_up(config, resume)
         t, state = config.train, run.state
+        # The utility guard (unlearnkit.guard): scores the original model before the first update (kept in the checkpoint).
+        guard = UtilityGuard(run, run.guard_data) if run.guard_data is not None else None
         bar = tqdm(total=t.max_steps, initial=state.step, desc="unlearning", disable=not t.progress or not run.is_main,
                    dynamic_ncols=True)
         last: dict[str, Any] = {}
@@ -647,11 +667,13 @@ def train(
                     saved = f"checkpoint step-{state.step} written in {run.out / 'checkpoints'}" if state.step else "no step was done"
                     raise RunInterrupted(f"{name} received: stopped after step {state.step}, {saved}; continue with "
                                          "`unlearnkit run --resume` and the same config", received)
-                state.stop_reason = stop_reason(state, t, run.session_seconds)
+                state.stop_reason = stop_reason(state, t, run.session_seconds) or (guard.stop_reason() if guard else "")
                 if state.stop_reason:
                     break
                 last = train_step(run)
                 update_threshold_rule(state, t, last["forget_nll"])
+                if guard is not None and guard.due(state.step, ending=bool(stop_reason(state, t, run.session_seconds))):
+                    last.update(guard.check())  # every guard_every steps and at the last one
                 if log is not None:
                     log.write(json.dumps(last) + "\n")
                     log.flush()
@@ -662,5 +684,7 @@ def train(
                 if on_step_end is not None:
                     on_step_end(state.step)
         bar.close()
-        save_outputs(run)
-    return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last, run.is_main)
+        guard_info = save_outputs(run, guard)
+        if guard_info is not None and run.is_main:
+            announce(guard_info)
+    return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last, run.is_main, guard_info)

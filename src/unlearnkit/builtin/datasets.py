@@ -19,6 +19,9 @@ What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answ
   ChatGPT answers), disjoint from the Self-Instruct seeds: a benign pool for normal data. MIT.
 - ``toxicchat_benign``: 400 real user prompts that ToxicChat's annotators labelled unharmful (short, English),
   prompt-only: a pool of everyday requests for normal data answered by the model itself. CC-BY-NC-4.0.
+- ``guard_benign``: 64 everyday prompts (32 Alpaca instructions, 32 real ToxicChat requests labelled unharmful)
+  that no other shipped file holds: the validation set of the training utility guard (``guard_set``),
+  disjoint from every evaluation set and training pool. Prompt-only. MIT (Alpaca rows) / CC-BY-NC-4.0 (ToxicChat rows).
 - ``gutenberg_alice``: consecutive passages of *Alice's Adventures in Wonderland* as (prefix ``question``,
   continuation ``answer``, ``chapter``) for the copyright / memorization scenario and extraction prompts.
   Public domain (US).
@@ -65,6 +68,7 @@ _ALPACA = "HaluEval general_data.json (Li et al. 2023): Alpaca instructions with
 _TOXICCHAT = "ToxicChat test split (Lin et al. 2023), unharmful user prompts"
 _AEGIS = "Aegis AI Content Safety (Ghosh et al. 2024), test prompts labelled unharmful"
 _LOOKALIKE = "written for unlearnkit: safe prompts in harmful words (XSTest's categories, not its prompts)"
+_GUARD = "HaluEval general_data.json (Alpaca instructions) and ToxicChat test split (unharmful prompts): rows no other file holds"
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
 
 
@@ -136,6 +140,8 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
                "on the border of the forget set)", "CC-BY-4.0", _AEGIS),
         _entry("lookalike_safe", "99 safe prompts that borrow harmful words (homonyms, games, definitions, history), "
                "prompt-only (normal pool on the border of the forget set; never an eval set)", "Apache-2.0", _LOOKALIKE),
+        _entry("guard_benign", "64 everyday prompts (Alpaca + ToxicChat) held out of every other file, prompt-only (the training "
+               "utility guard's validation set)", "MIT (Alpaca rows) / CC-BY-NC-4.0 (ToxicChat rows)", _GUARD),
     ]
 )
 
@@ -162,7 +168,7 @@ def builtin_dataset_path(name: str) -> Path:
 def load_builtin_dataset(name: str) -> list[dict[str, Any]]:
     """All rows of builtin dataset ``name`` (a fresh list of dicts, file order).
 
-    Every row has a non-empty ``question`` and (except prompt-only ``xstest_safe`` and ``toxicchat_benign``) ``answer``; some datasets add fields
+    Every row has a non-empty ``question`` and (except prompt-only ``xstest_safe``, ``toxicchat_benign`` and ``guard_benign``) ``answer``; some datasets add fields
     (``right_answer``/``knowledge`` for HaluEval, ``chapter`` for Gutenberg).
     """
     path = builtin_dataset_path(name)

@@ -366,6 +366,7 @@ def evaluate_models(
     judge: Any = None,
     transform: Callable[[Any], Any] | None = None,
     fluency: bool = True,
+    reuse_generations: dict[str, dict[str, Generations]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` ([(label, ModelConfig or name)], baseline first) on ``sets``; write results + generations.
 
@@ -373,6 +374,9 @@ def evaluate_models(
     ``transform``: applied to every model once loaded, before anything is generated or scored (the
     weight attacks quantize the models here); returns the model to use. ``fluency=False`` leaves out
     fluency_ppl (a scoring pass per set that the attacks, reading only forgetting rates, do not need).
+    ``reuse_generations``: {label: {set name: Generations}} generated before with the same settings (e.g. the
+    baseline's, cached by a benchmark that evaluates many models against one original): those sets are not
+    generated again; everything is still scored.
     """
     from unlearnkit.evaluate.judges import load_judge
 
@@ -400,7 +404,11 @@ def evaluate_models(
         if transform is not None and model is not baseline:
             model = transform(model)
         out = ModelOutputs(label, model_config.name)
+        reused = (reuse_generations or {}).get(label, {})
         for s in sets:
+            if s.name in reused and len(reused[s.name].responses) == len(s.questions):
+                out.generations[s.name] = reused[s.name]
+                continue
             set_settings = GenerationSettings(**{**settings.__dict__, "template": s.template or resolved_template})
             out.generations[s.name] = generate(model, tokenizer, s.questions, set_settings, progress=progress, desc=f"{label}: {s.name}")
         _score_own(out, model, tokenizer, sets, resolved_template, seed)

@@ -1,0 +1,80 @@
+"""benchmarks/frontier.py: the Pareto marks and the selection rule on hand numbers, and a tiny frontier end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("frontier", REPO / "benchmarks" / "frontier.py")
+frontier = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("frontier", frontier)  # dataclasses look their module up while the file runs
+_spec.loader.exec_module(frontier)
+
+HAND = [(0.9, 0.5), (0.8, 0.7), (0.7, 0.6), (0.9, 0.5), (None, 0.9), (0.5, 0.9), (math.nan, 1.0), (0.95, 0.2)]
+
+
+def test_pareto_flags_on_hand_numbers():
+    # (0.7, 0.6) is dominated by (0.8, 0.7); identical (0.9, 0.5) points are both on the frontier;
+    # a missing or NaN value is never on it and dominates nothing (else (None, 0.9) would hide (0.5, 0.9)).
+    assert frontier.pareto_flags(HAND) == [True, True, False, True, False, True, False, True]
+    assert frontier.pareto_flags([]) == []
+    assert frontier.pareto_flags([(0.5, 0.5), (0.5, 0.6)]) == [False, True]  # equal on one axis, better on the other
+
+
+def test_selection_is_the_most_utility_among_points_meeting_the_forgetting_target():
+    assert frontier.select_point(HAND, 0.85) == 0  # (0.9, 0.5) twice, and (0.95, 0.2): most utility, the earlier tie
+    assert frontier.select_point(HAND, 0.75) == 1  # (0.8, 0.7) beats (0.9, 0.5) on utility
+    assert frontier.select_point(HAND, 0.5) == 5
+    assert frontier.select_point(HAND, 0.99) is None
+    assert frontier.relative_cut(0.8, 0.1) == pytest.approx(0.875) and frontier.relative_cut(0.0, 0.1) is None
+
+
+def test_targets_and_table_rows_on_hand_numbers():
+    task = frontier.TASKS["harmful"]
+    original = {"harmful_rate_forget": 0.8, "harmful_rate_heldout": 0.5, "refusal_rate_overrefusal": 0.02}
+    point = {"harmful_rate_forget": 0.08, "harmful_rate_heldout": 0.1, "on_topic_rate_benign": 0.975,
+             "similarity_to_original_benign": 0.8, "nm_rate_benign": 0.0, "on_topic_rate_overrefusal": 0.9,
+             "refusal_rate_overrefusal": 0.1}
+    assert task.forgetting(point, original) == pytest.approx(0.8)  # min(0.9, 0.8)
+    met = {t.text: t.met({**point, "forgetting": 0.8}, original) for t in task.targets}
+    assert [t for t, ok in met.items() if not ok] == ["harmful cut >= 85% (forgotten and held-out)", "XSTest refused +<= 5 pts"]
+    payload = {"task": "harmful", "preset": "configs/demo.yaml", "model": "m", "grid": "tiny", "forgetting": "cut",
+               "utility": frontier.UTILITY, "targets": [t.text for t in task.targets], "original": original,
+               "forgetting_target": 0.85, "rule": "r", "selected": "b", "closest": "b", "command": "c", "wall_seconds": 1.0,
+               "points": [{"label": "a", "overrides": {"lr": 1}, "forgetting": 0.8, "metrics": point, "pareto": False, "targets": met},
+                          {"label": "b", "overrides": {"lr": 2}, "forgetting": 0.9, "metrics": point, "pareto": True,
+                           "targets": {k: True for k in met}}]}
+    table = frontier.markdown(payload, task)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| point")]
+    assert [r.split(" | ")[0] for r in rows] == ["| original", "| a", "| **b**"]
+    assert rows[1].endswith("| 80% | 8.0% | 10.0% | 97.5% | 0.800 | 0.0% | 90.0% | 10.0% |  | 4/6 (missed: harmful cut >= 85% (forgotten and held-out); XSTest refused +<= 5 pts) |")
+    assert rows[2].endswith("| yes | all |")
+
+
+TINY = ["eval_max_prompts=3", "max_new_tokens=3", "max_forget=2", "max_normal=4", "max_length=48", "normal_answers=dataset"]
+
+
+def test_tiny_frontier_end_to_end_and_rerun_is_cached(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "frontier"
+    argv = ["--task", "hallucination", "--grid", "tiny", "--output", str(out), "--model", str(tiny_model_dir), *TINY]
+    assert frontier.main(argv) == 0, capsys.readouterr().err
+    payload = json.loads((out / "frontier.json").read_text())
+    labels = [p["label"] for p in payload["points"]]
+    assert labels == ["ga_mismatch_kl-1", "ga_mismatch_kl-2", "npo-1", "npo-2"]
+    for p in payload["points"]:
+        assert {"hallucination_rate_hallucination", "right_answer_rate_hallucination", "on_topic_rate_benign",
+                frontier.UTILITY, "nm_rate_benign", "refusal_rate_overrefusal"} <= p["metrics"].keys()
+        assert p["train_seconds"] is not None and (out / "points" / f"{p['label']}-{p['hash']}" / "run" / "model").is_dir()
+    assert [p["pareto"] for p in payload["points"]] == frontier.pareto_flags([(p["forgetting"], p["utility"]) for p in payload["points"]])
+    table = (out / "frontier.md").read_text()
+    assert sum(line.startswith(("| ga_mismatch", "| npo", "| **")) for line in table.splitlines()) == 4
+    assert (out / "frontier.png").stat().st_size > 1000 and "wall time" in table
+    capsys.readouterr()
+    assert frontier.main(argv) == 0
+    assert capsys.readouterr().out.count(": cached") == 4  # a rerun trains and evaluates nothing
