@@ -313,7 +313,8 @@ def evaluate_tofu_model(
 
 
 def _eval_key(bench: TofuConfig, run: RunConfig, template: str) -> str:
-    return _digest({"version": 2, "mia_gradnorm": bench.mia_gradnorm, "split": bench.split, "retain_authors": bench.retain_authors, "holdout_authors": bench.holdout_authors,
+    return _digest({"version": 2, "mia_gradnorm": bench.mia_gradnorm, "split": bench.split,
+                    "retain_authors": bench.retain_authors, "holdout_authors": bench.holdout_authors,
                     "eval_rows": bench.eval_rows, "max_new_tokens": bench.eval_max_new_tokens, "mia_k": bench.mia_k,
                     "template": template, "max_length": run.data.max_length})
 
