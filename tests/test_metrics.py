@@ -60,6 +60,8 @@ EXPECTED_HIGHER_IS_BETTER = {
     "mean_bleu": False,
     "hallucination_rate": False,
     "right_answer_rate": True,
+    "exact_memorization": False,
+    "extraction_strength": False,
     "forget_nll": True,
     "on_topic_rate": True,
     "relevance": True,

@@ -33,7 +33,11 @@ def test_copyright_scenario_chains_memorize_into_unlearn_and_reuses_finished_sta
     results = json.loads((out / "results.json").read_text())
     assert [k for k in results if k != "meta"] == ["original", "memorized", "unlearned"]
     for label in ("original", "memorized", "unlearned"):
-        assert {"leak_rate_extraction", "mean_bleu_extraction", "forget_nll_extraction", "on_topic_rate_benign"} <= results[label].keys()
+        assert {"leak_rate_extraction", "mean_bleu_extraction", "forget_nll_extraction", "on_topic_rate_benign",
+                "exact_memorization_extraction", "extraction_strength_extraction"} <= results[label].keys()
+        for key in ("exact_memorization_extraction", "extraction_strength_extraction"):  # per item, with an interval
+            low, high = results[label]["ci"][key]
+            assert 0 <= low <= high <= 1 and low - 1e-6 <= results[label][key] <= high + 1e-6  # the interval is rounded to 6 digits
     assert results["meta"]["prompt_sets"]["extraction"]["source"] == "gutenberg_alice"
     assert results["meta"]["generation"]["template"] == "chat"  # utility sets in the chat format; extraction stays raw
     assert (out / "report.html").is_file()

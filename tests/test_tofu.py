@@ -107,8 +107,37 @@ def test_every_bench_preset_loads() -> None:
         load_bench_config(preset, [])
 
 
+def _model_result(auc_min_k: float, forget_loss: list[float], holdout_loss: list[float]) -> dict:
+    return {"forget_truth_ratios": [0.5, 0.7, 0.9], "mia_auc_min_k": auc_min_k,
+            "mia_loss_scores": {"forget": forget_loss, "holdout": holdout_loss}}
+
+
+def test_summarize_adds_privleak_percent_and_the_reference_attack_against_the_retain_model() -> None:
+    from unlearnkit.bench.tofu import summarize
+
+    per_model = {
+        # mean log p of 2 forget and 2 held-out rows; the retain model's are the reference
+        "target": _model_result(0.9, [-1.0, -1.5], [-2.0, -2.2]),
+        "retain": _model_result(0.6, [-2.0, -2.0], [-2.1, -2.1]),
+        "unlearned": _model_result(0.4, [-3.0, -2.5], [-2.0, -2.5]),
+    }
+    summarize(per_model)
+    target, retain, unlearned = per_model["target"], per_model["retain"], per_model["unlearned"]
+    assert target["privleak_min_k"] == pytest.approx(-75.0)  # (0.1 - 0.4) / 0.4 * 100: still leaks
+    assert unlearned["privleak_min_k"] == pytest.approx(50.0)  # (0.6 - 0.4) / 0.4 * 100: over-unlearned
+    assert retain["privleak_min_k"] == 0.0
+    # Reference scores LOSS(model) - LOSS(retain): target forget [1.0, 0.5] vs held-out [0.1, -0.1] -> AUC 1.
+    assert target["mia_auc_reference"] == 1.0
+    # Unlearned: forget [-1.0, -0.5] vs held-out [0.1, -0.4]: pairs won 0 of 4, -0.5 vs -0.4 lost too -> 0.
+    assert unlearned["mia_auc_reference"] == 0.0
+    assert retain["mia_auc_reference"] == 0.5
+    assert target["privleak_reference"] == pytest.approx(-100.0, abs=1e-6)  # (0 - 0.5) / 0.5 * 100
+    assert retain["forget_quality"] == pytest.approx(1.0)
+
+
 def test_tofu_bench_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch) -> None:
     from unlearnkit.cli import main
+    from unlearnkit.evaluate import mia
 
     monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
@@ -122,8 +151,13 @@ def test_tofu_bench_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, monkeyp
         r = results[model]
         assert 0 <= r["forget_quality"] <= 1 and 0 <= r["model_utility"] <= 1
         assert 0 <= r["mia_auc_min_k_plus_plus"] <= 1 and len(r["forget_truth_ratios"]) == 5
+        assert 0 <= r["mia_auc_min_k"] <= 1 and 0 <= r["mia_auc_gradnorm"] <= 1 and 0 <= r["mia_auc_reference"] <= 1
+        assert 0 <= r["forget_exact_memorization"] <= 1 and 0 < r["forget_extraction_strength"] <= 1
+        assert r["privleak_min_k"] == pytest.approx(mia.priv_leak(r["mia_auc_min_k"], results["retain"]["mia_auc_min_k"]))
     assert results["retain"]["forget_quality"] == pytest.approx(1.0)
-    assert results["retain"]["privleak_min_k_plus_plus"] == pytest.approx(0.0)
+    for attack in mia.ATTACKS:  # the retain model against itself
+        assert results["retain"][f"privleak_{attack}"] == pytest.approx(0.0)
+    assert results["retain"]["mia_auc_reference"] == 0.5  # its own reference: every score 0, all ties
     assert results["meta"]["stages"]["target"]["steps"] == 2  # ceil(0.1 * 60 rows / 4)
     assert results["meta"]["stages"]["unlearned"]["median_step_s"] > 0
     assert "forget quality" in (out / "report.md").read_text() and (out / "report.html").is_file()

@@ -144,7 +144,8 @@ def run_scenario(name: str, output_dir: Path, overrides: list[str], *, presets: 
 
 
 SCENARIO_KEYS = {
-    "copyright": ("leak_rate_extraction", "mean_bleu_extraction", "forget_nll_extraction", "on_topic_rate_benign",
+    "copyright": ("leak_rate_extraction", "mean_bleu_extraction", "forget_nll_extraction", "extraction_strength_extraction",
+                  "exact_memorization_extraction", "on_topic_rate_benign",
                   "similarity_to_original_benign", "nm_rate_benign", "refusal_rate_overrefusal"),
     "hallucination": ("hallucination_rate_hallucination", "right_answer_rate_hallucination", "on_topic_rate_benign",
                       "similarity_to_original_benign", "nm_rate_benign", "refusal_rate_overrefusal"),

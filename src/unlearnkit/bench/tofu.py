@@ -5,8 +5,10 @@ Stages (Maini et al. 2024, arXiv:2401.06121):
     target    finetune the base model on the fictitious authors (``full``, or a subset: see below)
     retain    finetune the base model on the same data WITHOUT the forget split (the gold standard)
     unlearned unlearn the forget split from the target with the chosen method (retain data = normal data)
-    evaluate  TOFU's metrics for target / retain / unlearned (unlearnkit.evaluate.tofu) and membership
-              inference, forget split vs authors no model trained on (unlearnkit.evaluate.mia)
+    evaluate  TOFU's metrics for target / retain / unlearned (unlearnkit.evaluate.tofu); membership
+              inference, forget split vs authors no model trained on, and memorization of the forget
+              split (unlearnkit.evaluate.mia, OpenUnlearning's definitions: docs/tofu_mia.md). PrivLeak
+              and the reference attack compare each model with the retain model.
 
 Target and retain models are finetuned with the ``finetune`` method and cached under the unlearnkit
 cache dir, keyed by their resolved config and data, with their evaluation, so another method (or a
@@ -59,7 +61,8 @@ class TofuConfig:
     eval_rows: int = 0  # rows per evaluation set (0 = all)
     eval_max_new_tokens: int = 200
     eval_batch_size: int = 16
-    mia_k: float = 0.4  # fraction of tokens in Min-K% / Min-K%++
+    mia_k: float = 0.4  # fraction of tokens in Min-K% / Min-K%++ (0.4: MUSE's and OpenUnlearning's PrivLeak)
+    mia_gradnorm: bool = True  # the GradNorm attack (one backward pass per forget/holdout row)
     keep_model: bool = True  # keep the unlearned model folder (the comparison script drops it)
 
 
@@ -256,10 +259,12 @@ def _perturbed_nll(model: Any, tokenizer: Any, rows: list[dict[str, Any]], templ
 
 def evaluate_tofu_model(
     model: Any, tokenizer: Any, sets: dict[str, list[dict[str, Any]]], holdout: list[dict[str, Any]], *,
-    template: str, max_length: int, max_new_tokens: int, batch_size: int, mia_k: float, progress: bool = False,
+    template: str, max_length: int, max_new_tokens: int, batch_size: int, mia_k: float, gradnorm: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """TOFU metrics of one model (keys ``{set}_{prob|truth_ratio|rouge_l}``, ``model_utility``), the forget
-    set's per-row truth ratios, and membership scores of the forget set and ``holdout`` (when given)."""
+    set's per-row truth ratios, its exact memorization and extraction strength, and membership AUCs of the
+    forget set vs ``holdout`` (when given; ``mia_auc_{attack}``, the reference attack is added by summarize)."""
     from unlearnkit.evaluate import mia
     from unlearnkit.evaluate import tofu as metrics
     from unlearnkit.evaluate.generate import GenerationSettings, generate, score_answers
@@ -288,20 +293,28 @@ def evaluate_tofu_model(
         if name == "forget":
             out["forget_truth_ratios"] = ratios.tolist()
             forget_stats = stats
+            for key, values in mia.memorization_scores(stats).items():  # OpenUnlearning's EM and ES, forget split
+                out[f"forget_{key}"] = float(values.mean()) if values.size else None
     out["model_utility"] = metrics.model_utility(out)
     if holdout:
-        forget_answers = [r["answer"] for r in sets["forget"]]
-        holdout_stats = mia.answer_token_stats(model, tokenizer, [r["question"] for r in holdout], [r["answer"] for r in holdout],
-                                               template, max_length, batch_size)
-        forget_scores = mia.attack_scores(forget_stats, forget_answers, mia_k)
-        holdout_scores = mia.attack_scores(holdout_stats, [r["answer"] for r in holdout], mia_k)
-        for attack in mia.ATTACKS:
+        holdout_q, holdout_a = [r["question"] for r in holdout], [r["answer"] for r in holdout]
+        holdout_stats = mia.answer_token_stats(model, tokenizer, holdout_q, holdout_a, template, max_length, batch_size)
+        forget_scores = mia.attack_scores(forget_stats, mia_k)
+        holdout_scores = mia.attack_scores(holdout_stats, mia_k)
+        for attack in mia.TOKEN_ATTACKS:
             out[f"mia_auc_{attack}"] = mia.membership_auc(forget_scores[attack], holdout_scores[attack])
+        # The reference attack needs the retain model's LOSS scores of the same rows: kept per row, paired in summarize.
+        out["mia_loss_scores"] = {"forget": forget_scores["loss"].tolist(), "holdout": holdout_scores["loss"].tolist()}
+        if gradnorm:
+            forget_q, forget_a = [r["question"] for r in sets["forget"]], [r["answer"] for r in sets["forget"]]
+            out["mia_auc_gradnorm"] = mia.membership_auc(mia.gradnorm_scores(model, tokenizer, forget_q, forget_a, template, max_length),
+                                                         mia.gradnorm_scores(model, tokenizer, holdout_q, holdout_a, template, max_length))
     return out
 
 
 def _eval_key(bench: TofuConfig, run: RunConfig, template: str) -> str:
-    return _digest({"version": 1, "split": bench.split, "retain_authors": bench.retain_authors, "holdout_authors": bench.holdout_authors,
+    return _digest({"version": 2, "mia_gradnorm": bench.mia_gradnorm, "split": bench.split,
+                    "retain_authors": bench.retain_authors, "holdout_authors": bench.holdout_authors,
                     "eval_rows": bench.eval_rows, "max_new_tokens": bench.eval_max_new_tokens, "mia_k": bench.mia_k,
                     "template": template, "max_length": run.data.max_length})
 
@@ -324,7 +337,7 @@ def evaluate_model_dir(model_dir: Path, data: TofuData, bench: TofuConfig, run: 
     started = time.perf_counter()
     result = evaluate_tofu_model(model, tokenizer, data.eval_sets, data.holdout, template=template, max_length=run.data.max_length,
                                  max_new_tokens=bench.eval_max_new_tokens, batch_size=bench.eval_batch_size, mia_k=bench.mia_k,
-                                 progress=progress)
+                                 gradnorm=bench.mia_gradnorm, progress=progress)
     result["eval_seconds"] = round(time.perf_counter() - started, 1)
     del model
     gc.collect()
@@ -335,20 +348,30 @@ def evaluate_model_dir(model_dir: Path, data: TofuData, bench: TofuConfig, run: 
 
 # ----------------------------------------------------------------------------------------------- the pipeline
 MODELS = ("target", "retain", "unlearned")
-TABLE_KEYS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge_l", "retain_prob",
+TABLE_KEYS = ("forget_quality", "model_utility", "privleak_min_k", "privleak_min_k_plus_plus", "forget_extraction_strength",
+              "forget_exact_memorization", "forget_truth_ratio", "forget_prob", "forget_rouge_l", "retain_prob",
               "retain_truth_ratio", "retain_rouge_l", "real_authors_prob", "real_authors_truth_ratio", "real_authors_rouge_l",
               "world_facts_prob", "world_facts_truth_ratio", "world_facts_rouge_l", "mia_auc_loss", "mia_auc_zlib",
-              "mia_auc_min_k", "mia_auc_min_k_plus_plus", "privleak_min_k_plus_plus")
+              "mia_auc_min_k", "mia_auc_min_k_plus_plus", "mia_auc_gradnorm", "mia_auc_reference")
 
 
 def summarize(per_model: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Add forget quality (KS vs the retain model) and PrivLeak (vs the retain model's AUC) to each model."""
+    """Add what compares a model with the retain model: forget quality (KS on truth ratios), the reference
+    attack's AUC (the retain model as reference, as OpenUnlearning's TOFU config) and PrivLeak per attack
+    (percent, MUSE's sign and denominator; ``privleak_min_k`` is the headline)."""
     from unlearnkit.evaluate import mia
     from unlearnkit.evaluate.tofu import forget_quality
 
     retain = per_model["retain"]
-    for result in per_model.values():
+    for result in per_model.values():  # first every model's own figures (the retain model's too) ...
         result["forget_quality"] = forget_quality(result["forget_truth_ratios"], retain["forget_truth_ratios"])
+        if "mia_loss_scores" in result and "mia_loss_scores" in retain:
+            own, ref = result["mia_loss_scores"], retain["mia_loss_scores"]
+            # reference score = LOSS(model) - LOSS(retain model) per row (mia.reference_score on mean log p)
+            members = np.subtract(own["forget"], ref["forget"])
+            nonmembers = np.subtract(own["holdout"], ref["holdout"])
+            result["mia_auc_reference"] = mia.membership_auc(members, nonmembers)
+    for result in per_model.values():  # ... then PrivLeak against the retain model's AUCs
         for attack in mia.ATTACKS:
             key = f"mia_auc_{attack}"
             if key in result and key in retain:
@@ -434,8 +457,13 @@ def run_tofu(bench: TofuConfig, run: RunConfig, output_dir: Path, *, fresh: bool
 LABELS = {
     "forget_quality": "forget quality (KS p, higher = closer to retain model)",
     "model_utility": "model utility (harmonic mean of 9)",
-    "mia_auc_min_k_plus_plus": "MIA AUC Min-K%++ (forget vs held-out; retain model ~ 0.5)",
-    "privleak_min_k_plus_plus": "PrivLeak Min-K%++ (0 = like the retain model)",
+    "privleak_min_k": "PrivLeak % Min-K% (MUSE; 0 = like retain, -100 = fully leaks)",
+    "privleak_min_k_plus_plus": "PrivLeak % Min-K%++",
+    "forget_extraction_strength": "extraction strength, forget (OpenUnlearning ES)",
+    "forget_exact_memorization": "exact memorization, forget (OpenUnlearning EM)",
+    "mia_auc_min_k": "MIA AUC Min-K% (forget vs held-out)",
+    "mia_auc_min_k_plus_plus": "MIA AUC Min-K%++",
+    "mia_auc_reference": "MIA AUC reference (vs the retain model)",
 }
 
 
@@ -475,6 +503,9 @@ def _notes(results: dict[str, Any]) -> list[str]:
         f"`{cfg['data']['template']}`, max_length {cfg['data']['max_length']}.",
         "Eval rows: " + ", ".join(f"{k} {v}" for k, v in meta["rows"].items() if k in (*EVAL_SETS, "holdout"))
         + f"; greedy answers up to {bench['eval_max_new_tokens']} tokens; Min-K k = {bench['mia_k']}.",
+        "PrivLeak is MUSE's: ((1 - AUC) - (1 - AUC_retain)) / (1 - AUC_retain) x 100 with the forget split as members "
+        "and never-trained authors as non-members; 0 = like the retain model, negative = the forget split still leaks "
+        "(-100 = fully), positive = over-unlearned. MIA, ES and EM follow OpenUnlearning's code (docs/tofu_mia.md).",
         "Forget quality is a KS-test p-value on the forget-set truth ratios against the retain model (1.0 for the retain "
         "model itself); with few forget rows the test has little power, so only large differences show.",
         f"Data: {meta['data']}.",

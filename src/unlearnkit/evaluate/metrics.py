@@ -106,6 +106,11 @@ METRIC_INFO: dict[str, MetricInfo] = {
                    "Fraction of answers closer to the hallucinated answer than to the right one (question words ignored).", _RATE),
         MetricInfo("right_answer_rate", True,
                    "Fraction of answers closer to the right answer than to the hallucinated one (question words ignored).", _RATE),
+        MetricInfo("exact_memorization", False,
+                   "OpenUnlearning's EM: share of the protected text's tokens the greedy next token reproduces, teacher-forced.", "{:.3f}"),
+        MetricInfo("extraction_strength", False,
+                   "OpenUnlearning's ES: 1 - (shortest prefix share after which the model completes the rest, teacher-forced).",
+                   "{:.3f}"),
         MetricInfo("forget_nll", True,
                    "Mean over examples of the per-token NLL of the forget answer, scored as trained (higher = forgotten).", "{:.2f}"),
         # Utility

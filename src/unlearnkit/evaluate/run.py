@@ -8,7 +8,9 @@ Prompt sets have a kind that decides their metrics (``<metric>_<set>`` in result
 - benign (instructions never trained on) and overrefusal (safe prompts that look unsafe): utility:
   similarity_to_original, relevance, on_topic_rate, refusal_rate; answer_ppl on reference answers;
 - normal (reference Q&A): normal_ppl, similarity_to_original;
-- extraction (copyright): leak_rate and mean_bleu of continuations against the true text;
+- extraction (copyright): leak_rate and mean_bleu of continuations against the true text, and
+  OpenUnlearning's exact_memorization / extraction_strength of the true continuation (teacher-forced:
+  share of its tokens the greedy next token gets right / longest suffix completed; see evaluate/mia.py);
 - hallucination: hallucination_rate and right_answer_rate.
 Every set also gets nm_rate, distinct1, distinct2, mean_length and fluency_ppl (the outputs'
 perplexity under the original model). Every per-item metric carries a 95% bootstrap interval in
@@ -279,8 +281,17 @@ def _score_own(out: ModelOutputs, model: Any, tokenizer: Any, sets: list[PromptS
     for s in sets:
         if s.answers is None or s.kind not in ("harmful", "extraction", "normal", "benign"):
             continue
+        if s.kind == "extraction":  # one pass gives the NLL and the memorization figures (same tokens as score_answers)
+            from unlearnkit.evaluate import mia
+
+            stats = mia.answer_token_stats(model, tokenizer, s.questions, s.answers, s.template or template,
+                                           max_length=s.score_max_length, batch_size=4)  # [tokens, vocab] terms: small batches
+            out.record(f"forget_nll_{s.name}", [-float(t.log_probs.mean()) for t in stats], seed=seed)
+            for key, values in mia.memorization_scores(stats).items():
+                out.record(f"{key}_{s.name}", values, seed=seed)
+            continue
         scored = score_answers(model, tokenizer, s.questions, s.answers, s.template or template, max_length=s.score_max_length)
-        if s.kind in ("harmful", "extraction"):  # as trained: mean over examples of the per-example mean token NLL
+        if s.kind == "harmful":  # as trained: mean over examples of the per-example mean token NLL
             out.record(f"forget_nll_{s.name}", scored.mean_nll(), seed=seed)
         else:
             key = "normal_ppl" if s.kind == "normal" else f"answer_ppl_{s.name}"
