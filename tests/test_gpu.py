@@ -29,6 +29,20 @@ def make_config(model_dir: Path, qa_files, out: Path, *overrides: str):
     return load_config(None, [f"model={model_dir}", f"forget={forget}", f"normal={normal}", f"output_dir={out}",
                               "progress=false", "lr=1e-3", "max_steps=3", "num_mismatch=2", *overrides])
 
+def run_straight_and_crashed_at_step_3(model_dir, qa_files, tmp_path, common: tuple[str, ...]) -> None:
+    """The same run twice: uninterrupted into tmp_path/straight, and crashed after step 3 then resumed into
+    tmp_path/crashed."""
+    train(make_config(model_dir, qa_files, tmp_path / "straight", *common))
+
+    def crash(step: int) -> None:
+        if step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(make_config(model_dir, qa_files, tmp_path / "crashed", *common), on_step_end=crash)
+    train(make_config(model_dir, qa_files, tmp_path / "crashed", *common), resume=True)
+
+
 
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -139,15 +153,7 @@ def test_bf16_masters_keep_updates_below_bf16_resolution(tiny_model_dir, qa_file
 def test_bf16_resume_equals_uninterrupted_run(tiny_model_dir, qa_files, tmp_path, fresh_accelerator_state):
     """The checkpoint holds the float32 masters: a resumed bf16 run ends on the same weights, bit for bit."""
     common = ("precision=bf16", "max_steps=4", "save_every=2")
-    train(make_config(tiny_model_dir, qa_files, tmp_path / "straight", *common))
-
-    def crash(step: int) -> None:
-        if step == 3:
-            raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError, match="killed"):
-        train(make_config(tiny_model_dir, qa_files, tmp_path / "crashed", *common), on_step_end=crash)
-    train(make_config(tiny_model_dir, qa_files, tmp_path / "crashed", *common), resume=True)
+    run_straight_and_crashed_at_step_3(tiny_model_dir, qa_files, tmp_path, common)
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "crashed" / "model" / "model.safetensors"))
     for name in a:
@@ -269,15 +275,7 @@ def test_adamw_8bit_trains_with_bf16_weights_and_resumes(tiny_model_dir, qa_file
     """torchao's 8-bit moments are checkpointed dequantized and quantized again on resume; with stochastic
     rounding the resumed run ends within a few bf16 steps of the uninterrupted one (measured: loss 5e-5 apart)."""
     common = ("optimizer=adamw_8bit", "precision=bf16", "max_steps=4", "save_every=2")
-    train(make_config(tiny_model_dir, qa_files, tmp_path / "straight", *common))
-
-    def crash(step: int) -> None:
-        if step == 3:
-            raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError, match="killed"):
-        train(make_config(tiny_model_dir, qa_files, tmp_path / "crashed", *common), on_step_end=crash)
-    train(make_config(tiny_model_dir, qa_files, tmp_path / "crashed", *common), resume=True)
+    run_straight_and_crashed_at_step_3(tiny_model_dir, qa_files, tmp_path, common)
     a, b = read_log(tmp_path / "straight"), read_log(tmp_path / "crashed")
     assert len(a) == len(b) == 4 and a[0]["loss"] > a[-1]["loss"]
     for x, y in zip(a, b):
