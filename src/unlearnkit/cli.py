@@ -77,7 +77,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out = Path(config.train.output_dir)
         attack_dir = out.with_name(out.name + "_attack")
         print(f"demo: does the forgetting last? quant4 and relearn_forget on both models -> {attack_dir} (skip with --no-attack)")
-        results = run_attack(str(out), attack_dir, "quant4,relearn_forget", [], progress=config.train.progress)
+        # 20 prompts per set keeps the closing check short (three evaluation rounds of both models); the full
+        # table with every attack and the run's prompt counts is `unlearnkit attack`.
+        results = run_attack(str(out), attack_dir, "quant4,relearn_forget", ["attack_max_prompts=20"], progress=config.train.progress)
         print(summary_line(results) + f"  (full table: {attack_dir / 'report.md'}; all attacks: unlearnkit attack {out} --output DIR)")
     return 0
 
