@@ -238,6 +238,31 @@ def _gpt2_dir(path: Path) -> Path:
     return path
 
 
+def test_relearn_benign_on_prompt_only_normal_data_uses_the_originals_own_answers(attack_inputs, tiny_model_dir, tmp_path):
+    """The demo's normal data are prompt-only pools answered by the original (normal_answers=self): relearn_benign
+    must finetune on those answers, as training did, instead of refusing for want of an answer column."""
+    import unlearnkit.attack.run as attack_run
+    from unlearnkit.own_answers import model_fingerprint, own_answers
+    from unlearnkit.modeling import load_model, load_tokenizer
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"Describe a walk in park {i}."}) + "\n" for i in range(6)))
+    overrides = [f"normal={prompts}", "normal_answers=self", f"judge={attack_inputs['judge']}", f"forget={attack_inputs['forget']}",
+                 "eval_benign=", "eval_overrefusal=", "eval_normal=", "eval_heldout=", "max_new_tokens=4", "max_length=24"]
+    target = attack_run.resolve_target(str(tiny_model_dir), overrides, str(tiny_model_dir))
+    plan = attack_run.make_plan(target, attack_run.AttackSettings(), ["relearn_benign"])
+    assert plan.attacks == ["relearn_benign"] and len(plan.normal_examples) == 6
+    assert all(not e.answer for e in plan.normal_examples)
+    runner = attack_run.Runner(target, plan, attack_run.AttackSettings(), tmp_path / "staging", tmp_path / "out", progress=False)
+    answered = runner._original_answers(plan.normal_examples)
+    m = target.config.model
+    expected = own_answers(load_model(m), load_tokenizer(m), [e.question for e in plan.normal_examples],
+                           fingerprint=model_fingerprint(m), template=target.config.data.template,
+                           max_new_tokens=target.config.data.max_length, progress=False)
+    assert [e.answer for e in answered] == [a for a in expected if a.strip()]
+    assert answered and all(e.answer.strip() for e in answered)
+
+
 @pytest.mark.parametrize("case, expected", [
     ("unknown_attack", "unknown attack 'quant3'"),
     ("no_original", "model_before=ORIGINAL_MODEL"),

@@ -140,6 +140,7 @@ class Plan:
     forgetting: list[Any]  # PromptSet, the none row's
     utility: Any | None  # the benign PromptSet, or None
     forget_examples: list[Any] = field(default_factory=list)
+    normal_examples: list[Any] = field(default_factory=list)
     relearn_lr: float = 0.0
     relearn_count: int = 0
     quant_layers: int = 0
@@ -189,12 +190,13 @@ def make_plan(target: Target, settings: AttackSettings, requested: list[str] | N
                         f"{len(plan.forget_examples)}; use a larger forget set or leave relearn_forget out of --attacks")
         if attack == "relearn_benign":
             d = config.data
-            try:
-                normal = load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
-                                 answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)
+            try:  # as training read them: prompt-only rows are fine when the original answers them (normal_answers=self)
+                plan.normal_examples = load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
+                                               answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where,
+                                               need_answers=d.normal_answers != "self")
             except UserError as exc:
                 return f"relearn_benign needs normal data with answers ({exc}); set normal= to such a set or leave relearn_benign out"
-            if not normal:
+            if not plan.normal_examples:
                 return "relearn_benign needs normal data, the run has none; set normal= or leave relearn_benign out of --attacks"
         if attack == "jailbreak" and "harmful" not in kinds:
             return "jailbreak does not apply: the run has no harmful prompt sets (forget, heldout); leave it out of --attacks"
@@ -396,15 +398,29 @@ class Runner:
         return result
 
     def _relearn_benign(self) -> AttackEval:
-        from unlearnkit.data import load_qa
-
-        d = self.config.data
-        normal = load_qa(d.normal, split=d.normal_split, question_column=d.normal_question_column,
-                         answer_column=d.normal_answer_column, limit=d.max_normal, where=d.normal_where)
-        models, info = self._relearn("relearn_benign", normal[: self.plan.relearn_count])
+        normal = self.plan.normal_examples[: self.plan.relearn_count]
+        if self.config.data.normal_answers == "self":
+            normal = self._original_answers(normal)
+        models, info = self._relearn("relearn_benign", normal)
         result = self.evaluate("relearn_benign", self.models(models["original"], models["unlearned"]), self.base_sets())
         result.details = {"relearn": info}
         return result
+
+    def _original_answers(self, examples: list[Any]) -> list[Any]:
+        """The benign examples answered as training answered them with normal_answers=self: the original model's
+        greedy answers (the cache training filled, so normally no generation); rows it left empty are dropped."""
+        from dataclasses import replace
+
+        from unlearnkit.data import QAExample
+        from unlearnkit.modeling import load_model, load_tokenizer
+        from unlearnkit.own_answers import model_fingerprint, own_answers
+
+        m, d = self.config.model, self.config.data
+        original = replace(m, lora=False)
+        answers = own_answers(load_model(original), load_tokenizer(original), [e.question for e in examples],
+                              fingerprint=model_fingerprint(m), template=d.template, max_new_tokens=d.max_length,
+                              progress=self.progress)
+        return [QAExample(e.question, a) for e, a in zip(examples, answers) if a.strip()]
 
     def _variants(self, attack: str, kinds: tuple[str, ...], names: list[str], reword: Callable[[str, str], str]) -> AttackEval:
         """Every prompt of the sets of ``kinds`` reworded once per variant in ``names``; the judge reads the original request."""
