@@ -158,11 +158,13 @@ TASKS: dict[str, Task] = {
 
 # RMU on SmolLM2-135M (30 layers, width 576), not the Zephyr-7B defaults (layer 7, c 6.5, alpha 1200): the
 # steered layer sits at the same relative depth (~1/4, as 7 of 32), and the target scale c is a multiple of
-# the layer's own activation size (measured on the demo's forget answers: see RMU_NORM_NOTE) so the forget
-# activations are pushed well outside their usual range, as the paper's c is for Zephyr's.
+# the layer's own activation size, so the forget activations are pushed to a random direction at least as long
+# as their usual one (a c below that size, as 6.5 would be here, only shrinks them). Measured by
+# `benchmarks/frontier.py --task harmful --rmu-norm` (forget_answer_norm: one forward pass of the demo's 40 forget
+# examples): the mean per-token L2 norm of layer-7 outputs on answer tokens is 114 (100-131 over examples).
 RMU_LAYER = 7
-RMU_NORM_NOTE = "mean per-token L2 norm of layer-7 outputs on the demo's forget answers (smollm2-135m): measured, see docs/frontier.md"
-RMU_COEFFS = (20.0, 60.0)
+RMU_LAYER_NORM = 114.0
+RMU_COEFFS = (round(RMU_LAYER_NORM), round(3 * RMU_LAYER_NORM))
 
 # The grid: per method, a few settings of lr x steps x regularizer weight; "small" fits ~1 hour per task on the
 # 2-core CPU (docs/frontier.md has the measured cost per point). lr_x and steps_x scale the task preset's own lr
@@ -220,6 +222,29 @@ def resolved(setting: dict[str, Any], base: Any) -> dict[str, Any]:
     if "steps_x" in setting:
         out = {**({"lr": out.pop("lr")} if "lr" in out else {}), "max_steps": max(1, round(base.train.max_steps * setting["steps_x"])), **out}
     return out
+
+
+def forget_answer_norm(preset: Path, layer: int) -> tuple[float, float, float]:
+    """Mean per-token L2 norm of decoder layer ``layer``'s outputs (0-based) on the preset's forget answer tokens,
+    averaged per example: (mean, min, max over examples). What RMU's target scale is measured against."""
+    import torch
+
+    from unlearnkit.config import load_config
+    from unlearnkit.data import load_qa, tokenize_qa
+    from unlearnkit.modeling import load_model, load_tokenizer
+
+    config = load_config(str(preset), [])
+    d = config.data
+    model, tokenizer = load_model(config.model).eval(), load_tokenizer(config.model)
+    forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
+                     answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where)
+    norms = []
+    with torch.no_grad():
+        for row in tokenize_qa(tokenizer, forget, d.template):
+            ids = torch.tensor([row.prompt_ids + row.answer_ids])[:, :d.max_length]
+            hidden = model(ids, output_hidden_states=True).hidden_states[layer + 1][0, len(row.prompt_ids):]
+            norms.append(hidden.norm(dim=-1).mean().item())
+    return sum(norms) / len(norms), min(norms), max(norms)
 
 
 # ------------------------------------------------------------------------------------------- caching
@@ -454,11 +479,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="base model instead of the preset's (e.g. a tiny model for tests)")
     parser.add_argument("--presets", default=str(REPO), help="folder holding configs/ (default: the repository)")
     parser.add_argument("--fresh", action="store_true", help="retrain and re-evaluate every point")
+    parser.add_argument("--rmu-norm", action="store_true", help=f"print the layer-{RMU_LAYER} activation norm on the task's forget "
+                        "answers (what the grid's RMU coefficients are multiples of) and exit")
     parser.add_argument("overrides", nargs="*", help="key=value applied to every point")
     args = parser.parse_args(argv)
     from unlearnkit.errors import UserError
 
     try:
+        if args.rmu_norm:
+            mean, low, high = forget_answer_norm(Path(args.presets) / TASKS[args.task].preset, RMU_LAYER)
+            print(f"layer {RMU_LAYER} output, mean per-token L2 norm on the forget answers: {mean:.1f} (per example {low:.1f}-{high:.1f})")
+            return 0
         run_frontier(args.task, Path(args.output or f"runs/frontier/{args.task}"), grid=args.grid,
                      methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
                      model=args.model, overrides=args.overrides, presets=Path(args.presets), fresh=args.fresh,
