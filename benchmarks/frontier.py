@@ -364,7 +364,8 @@ def run_frontier(task_name: str, output: Path, *, grid: str = "small", methods: 
         eval_started = time.perf_counter()
         evaluated = evaluate_models([("original", ModelConfig(name=base.model.name)), (label, str(folder / "run" / "model"))],
                                     sets, config.eval, folder / "eval", template=template, progress=False, seed=config.train.seed,
-                                    judge=judge, reuse_generations=reuse)
+                                    judge=judge, reuse_generations=reuse,
+                                    fluency=False, answer_scores=False)  # neither is on the panel; each costs what generating does
         eval_seconds = time.perf_counter() - eval_started
         if reuse is None:  # the first evaluation generated the original's answers: keep them for every other point
             original_dir.mkdir(parents=True, exist_ok=True)

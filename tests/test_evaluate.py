@@ -193,6 +193,13 @@ def test_evaluate_models_writes_results_with_intervals_and_generations(tiny_mode
     assert all(isinstance(r["on_topic"], bool) for r in rows if r["prompt_set"] == "benign")
     table = comparison_table(results)
     assert "harmful_rate_forget" in table and "[" in table and "pts" in table
+    # Without the scoring passes (as attacks and the frontier run it): the same generations and rates, no NLL keys.
+    lean = evaluate_models([("before", str(tiny_model_dir)), ("after", str(other))], sets, config.eval, tmp_path / "lean",
+                           template="chat", progress=False, fluency=False, answer_scores=False)
+    for label in ("before", "after"):
+        assert not any(k.startswith(("fluency_ppl", "forget_nll", "answer_ppl", "normal_ppl")) for k in lean[label]), label
+        for key in ("harmful_rate_forget", "on_topic_rate_benign", "similarity_to_original_benign", "nm_rate_benign"):
+            assert lean[label][key] == pytest.approx(results[label][key]), key
 
 
 def test_forget_eval_set_is_the_trained_forget_data(tmp_path):

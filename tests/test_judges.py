@@ -443,3 +443,28 @@ def test_load_judge_builds_each_kind(binary_classifier, causal_lm):
     assert isinstance(load_judge(f"classifier:{binary_classifier}"), ClassifierJudge)
     generative = load_judge(f"generative:{causal_lm}")
     assert isinstance(generative, GenerativeJudge) and generative.threshold == 0.5
+
+
+def test_repeated_pairs_are_judged_once_and_score_the_same():
+    """A judge remembers the pairs it scored: a repeat (within a call or a later call) is looked up, in order."""
+
+    from unlearnkit.evaluate.judges import HarmJudge
+
+    class Counting(HarmJudge):
+        name = "counting"
+
+        def __init__(self):
+            super().__init__(threshold=0.5, batch_size=2, show_progress=False)
+            self.seen: list[tuple[str, str]] = []
+
+        def _score_batch(self, prompts, responses):
+            self.seen.extend(zip(prompts, responses))
+            return [len(r) / 10 for r in responses]
+
+    judge = Counting()
+    first = judge.score(["p", "q", "p", "r"], ["aaaa", "bbbbbbb", "aaaa", "c"])
+    assert first == [0.4, 0.7, 0.4, 0.1]
+    assert judge.seen == [("p", "aaaa"), ("q", "bbbbbbb"), ("r", "c")]  # the repeat was not scored again
+    assert [v.harmful for v in judge.judge(["q", "p", "s"], ["bbbbbbb", "aaaa", "dddddd"])] == [True, False, True]
+    assert judge.seen[3:] == [("s", "dddddd")]  # only the new pair
+    assert judge.score(["p"], ["aaaaa"]) == [0.5]  # same prompt, other response: a new pair

@@ -283,7 +283,8 @@ class Runner:
         utility = self.plan.utility if attack in ("none", *WEIGHT_ATTACKS) and self.plan.utility is not None else None
         results = evaluate_models(models, prompt_sets + ([utility] if utility else []), self.config.eval, out,
                                   template=eval_template(self.config), meta={"attack": attack}, progress=self.progress,
-                                  seed=self.config.train.seed, judge=self.judge, transform=transform, fluency=False)
+                                  seed=self.config.train.seed, judge=self.judge, transform=transform, fluency=False,
+                                  answer_scores=False)
         layout = {s.name: (s.kind, base, variants, len(s.questions) // len(variants)) for s, base, variants in sets}
         result = AttackEval()
         grouped: dict[tuple[str, str], list[float]] = {}

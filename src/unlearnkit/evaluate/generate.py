@@ -169,12 +169,14 @@ def score_answers(
     device = model_device(model)
     was_training = model.training
     model.eval()
-    scores = AnswerScores()
-    for start in range(0, len(sequences), batch_size):
-        batch = {k: v.to(device) for k, v in collate(sequences[start:start + batch_size], pad_id).items()}
+    nll_sums, counts = [0.0] * len(sequences), [0] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))  # similar lengths together: less padding
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([sequences[i] for i in rows], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         nll, valid = token_nll(logits, batch["labels"])
-        scores.nll_sums.extend(nll.sum(dim=1).tolist())
-        scores.counts.extend(int(c) for c in valid.sum(dim=1).tolist())
+        for i, total, count in zip(rows, nll.sum(dim=1).tolist(), valid.sum(dim=1).tolist()):
+            nll_sums[i], counts[i] = total, int(count)
     model.train(was_training)
-    return scores
+    return AnswerScores(nll_sums, counts)

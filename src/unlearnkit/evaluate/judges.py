@@ -65,6 +65,10 @@ BUILTIN_WEIGHTS_FORMAT = "unlearnkit-builtin-judge/2"
 BUILTIN_METADATA_KEY = "unlearnkit_judge"  # the safetensors header key holding the metadata JSON
 
 
+MEMO_LIMIT = 200_000
+"""Judged pairs a judge remembers (about 100 MB of text at most); past it the memo starts again."""
+
+
 @dataclass(frozen=True)
 class JudgeVerdict:
     """One judged (prompt, response) pair: `harmful` is `score >= threshold`."""
@@ -90,6 +94,10 @@ class HarmJudge(abc.ABC):
         self.threshold = float(threshold)
         self.batch_size = int(batch_size)
         self.show_progress = show_progress
+        # (prompt, response) -> score, for pairs already judged: greedy models repeat themselves (an unlearned
+        # model's stub, the same answer before and after 8-bit weights), and `unlearnkit attack` judges the same
+        # pairs row after row. A judge is a fixed function of the pair, so a repeat is looked up, not re-run.
+        self._memo: dict[tuple[str, str], float] = {}
 
     @abc.abstractmethod
     def _score_batch(self, prompts: list[str], responses: list[str]) -> list[float]:
@@ -100,18 +108,24 @@ class HarmJudge(abc.ABC):
         prompts, responses = list(prompts), list(responses)
         if len(prompts) != len(responses):
             raise UserError(f"judge got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
-        scores: list[float] = []
+        pairs = list(zip(prompts, responses))
+        found = {pair: self._memo[pair] for pair in pairs if pair in self._memo}
+        todo = list(dict.fromkeys(pair for pair in pairs if pair not in found))  # new pairs, once each, in order
         with tqdm(
-            total=len(prompts),
+            total=len(todo),
             desc=f"judging ({self.name})",
             unit="pair",
-            disable=not self.show_progress or len(prompts) <= self.batch_size,
+            disable=not self.show_progress or len(todo) <= self.batch_size,
         ) as progress:
-            for start in range(0, len(prompts), self.batch_size):
-                stop = start + self.batch_size
-                scores.extend(self._score_batch(prompts[start:stop], responses[start:stop]))
-                progress.update(len(prompts[start:stop]))
-        return scores
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start:start + self.batch_size]
+                scores = self._score_batch([p for p, _ in batch], [r for _, r in batch])
+                found.update(zip(batch, scores))
+                if len(self._memo) + len(batch) > MEMO_LIMIT:
+                    self._memo.clear()
+                self._memo.update(zip(batch, scores))
+                progress.update(len(batch))
+        return [found[pair] for pair in pairs]
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[JudgeVerdict]:
         """Scores with the threshold applied: harmful iff `score >= self.threshold`."""

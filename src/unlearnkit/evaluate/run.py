@@ -377,6 +377,7 @@ def evaluate_models(
     judge: Any = None,
     transform: Callable[[Any], Any] | None = None,
     fluency: bool = True,
+    answer_scores: bool = True,
     reuse_generations: dict[str, dict[str, Generations]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` ([(label, ModelConfig or name)], baseline first) on ``sets``; write results + generations.
@@ -384,7 +385,9 @@ def evaluate_models(
     ``judge``: an already loaded HarmJudge (else the config's judge is loaded here when a set needs one).
     ``transform``: applied to every model once loaded, before anything is generated or scored (the
     weight attacks quantize the models here); returns the model to use. ``fluency=False`` leaves out
-    fluency_ppl (a scoring pass per set that the attacks, reading only forgetting rates, do not need).
+    fluency_ppl (a scoring pass per set that the attacks, reading only forgetting rates, do not need);
+    ``answer_scores=False`` leaves out the reference-answer NLLs (forget_nll, answer/normal perplexity), a
+    scoring pass per model that costs about as much as generating (attacks and the frontier skip both).
     ``reuse_generations``: {label: {set name: Generations}} generated before with the same settings (e.g. the
     baseline's, cached by a benchmark that evaluates many models against one original): those sets are not
     generated again; everything is still scored.
@@ -422,7 +425,8 @@ def evaluate_models(
                 continue
             set_settings = GenerationSettings(**{**settings.__dict__, "template": s.template or resolved_template})
             out.generations[s.name] = generate(model, tokenizer, s.questions, set_settings, progress=progress, desc=f"{label}: {s.name}")
-        _score_own(out, model, tokenizer, sets, resolved_template, seed)
+        if answer_scores:
+            _score_own(out, model, tokenizer, sets, resolved_template, seed)
         outputs.append(out)
         if model is not baseline:
             del model
