@@ -49,6 +49,7 @@ WEIGHT_ATTACKS = ("quant8", "quant4", "relearn_forget", "relearn_benign")
 FORGETTING_KINDS = {"harmful": "harmful_rate", "extraction": "leak_rate", "hallucination": "hallucination_rate"}
 LABELS = ("original", "unlearned")
 DEFAULT_MAX_PROMPTS = 40
+ATTACK_BATCH = 48
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -536,6 +537,9 @@ def run_attack(target_path: str, output: str | Path, attacks: str | None, overri
     if settings.max_prompts is None:  # the run's own prompt count, capped: the attack evaluates ~7 times over
         settings.max_prompts = min(DEFAULT_MAX_PROMPTS, config.eval.eval_max_prompts or DEFAULT_MAX_PROMPTS)
     config.eval.eval_max_prompts = settings.max_prompts
+    # Every set of a model is generated in one call (evaluate_models): batches of at least ATTACK_BATCH take the
+    # forget, held-out and benign prompts of a weight attack in one pass, where decoding cost is per step.
+    config.eval.eval_batch_size = max(config.eval.eval_batch_size, ATTACK_BATCH)
     config.train.progress = progress and config.train.progress
     output = Path(output).expanduser()
     if output.exists() and not output.is_dir():

@@ -419,12 +419,23 @@ def evaluate_models(
             model = transform(model)
         out = ModelOutputs(label, model_config.name)
         reused = (reuse_generations or {}).get(label, {})
+        pending: dict[str, list[PromptSet]] = {}  # template -> sets to generate
         for s in sets:
             if s.name in reused and len(reused[s.name].responses) == len(s.questions):
                 out.generations[s.name] = reused[s.name]
-                continue
-            set_settings = GenerationSettings(**{**settings.__dict__, "template": s.template or resolved_template})
-            out.generations[s.name] = generate(model, tokenizer, s.questions, set_settings, progress=progress, desc=f"{label}: {s.name}")
+            else:
+                pending.setdefault(s.template or resolved_template, []).append(s)
+        for set_template, group in pending.items():
+            # One generate call for all sets of a template: decoding a small model on CPU is bound by per-step
+            # overhead, so fuller batches (sorted by length across sets) cost little more per step than small ones.
+            set_settings = GenerationSettings(**{**settings.__dict__, "template": set_template})
+            generated = generate(model, tokenizer, [q for s in group for q in s.questions], set_settings, progress=progress,
+                                 desc=f"{label}: {', '.join(s.name for s in group)}")
+            start = 0
+            for s in group:
+                stop = start + len(s.questions)
+                out.generations[s.name] = Generations(generated.responses[start:stop], generated.finished[start:stop])
+                start = stop
         if answer_scores:
             _score_own(out, model, tokenizer, sets, resolved_template, seed)
         outputs.append(out)
