@@ -227,7 +227,7 @@ def resolved(setting: dict[str, Any], base: Any) -> dict[str, Any]:
     return out
 
 
-def forget_answer_norm(preset: Path, layer: int) -> tuple[float, float, float]:
+def forget_answer_norm(preset: Path, layer: int, model: str | None = None) -> tuple[float, float, float]:
     """Mean per-token L2 norm of decoder layer ``layer``'s outputs (0-based) on the preset's forget answer tokens,
     averaged per example: (mean, min, max over examples). What RMU's target scale is measured against."""
     import torch
@@ -236,16 +236,16 @@ def forget_answer_norm(preset: Path, layer: int) -> tuple[float, float, float]:
     from unlearnkit.data import load_qa, tokenize_qa
     from unlearnkit.modeling import load_model, load_tokenizer
 
-    config = load_config(str(preset), [])
+    config = load_config(str(preset), [f"model={model}"] if model else [])
     d = config.data
-    model, tokenizer = load_model(config.model).eval(), load_tokenizer(config.model)
+    lm, tokenizer = load_model(config.model).eval(), load_tokenizer(config.model)
     forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
                      answer_column=d.forget_answer_column, limit=d.max_forget, where=d.forget_where)
     norms = []
     with torch.no_grad():
         for row in tokenize_qa(tokenizer, forget, d.template):
             ids = torch.tensor([row.prompt_ids + row.answer_ids])[:, :d.max_length]
-            hidden = model(ids, output_hidden_states=True).hidden_states[layer + 1][0, len(row.prompt_ids):]
+            hidden = lm(ids, output_hidden_states=True).hidden_states[layer + 1][0, len(row.prompt_ids):]
             norms.append(hidden.norm(dim=-1).mean().item())
     return sum(norms) / len(norms), min(norms), max(norms)
 
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.rmu_norm:
-            mean, low, high = forget_answer_norm(Path(args.presets) / TASKS[args.task].preset, RMU_LAYER)
+            mean, low, high = forget_answer_norm(Path(args.presets) / TASKS[args.task].preset, RMU_LAYER, args.model)
             print(f"layer {RMU_LAYER} output, mean per-token L2 norm on the forget answers: {mean:.1f} (per example {low:.1f}-{high:.1f})")
             return 0
         run_frontier(args.task, Path(args.output or f"runs/frontier/{args.task}"), grid=args.grid,

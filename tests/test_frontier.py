@@ -78,3 +78,27 @@ def test_tiny_frontier_end_to_end_and_rerun_is_cached(tiny_model_dir, tmp_path, 
     capsys.readouterr()
     assert frontier.main(argv) == 0
     assert capsys.readouterr().out.count(": cached") == 4  # a rerun trains and evaluates nothing
+
+
+def test_rmu_norm_is_the_mean_answer_token_norm_of_the_layer(tiny_model_dir):
+    """--rmu-norm (what the grid's RMU coefficients are multiples of), checked against a direct computation."""
+    import torch
+
+    from unlearnkit.config import load_config
+    from unlearnkit.data import load_qa, tokenize_qa
+    from unlearnkit.modeling import load_model, load_tokenizer
+
+    preset = REPO / "configs" / "demo.yaml"
+    mean, low, high = frontier.forget_answer_norm(preset, 1, str(tiny_model_dir))
+    config = load_config(str(preset), [f"model={tiny_model_dir}"])
+    d = config.data
+    model, tokenizer = load_model(config.model).eval(), load_tokenizer(config.model)
+    rows = tokenize_qa(tokenizer, load_qa(d.forget, limit=d.max_forget), d.template)
+    expected = []
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row.prompt_ids + row.answer_ids])[:, :d.max_length]
+            states = model(ids, output_hidden_states=True).hidden_states[2][0]  # output of layer 1 (0-based)
+            expected.append(float(states[len(row.prompt_ids):].norm(dim=-1).mean()))
+    assert len(expected) == 40
+    assert (mean, low, high) == pytest.approx((sum(expected) / 40, min(expected), max(expected)), rel=1e-5)
