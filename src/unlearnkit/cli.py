@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate the original and the unlearned model under each attack (same prompt sets, judge and metrics as "
                     "`unlearnkit eval`) and report the share of the forgetting that came back.",
         epilog="attacks:\n" + "\n".join(f"  {name:<15} {text}" for name, text in ATTACKS.items())
-               + "\nkeys: attack_max_prompts (the run's eval_max_prompts, at most 40), relearn_steps (10), relearn_lr (run lr x 10), relearn_examples (half the forget "
+               + "\nkeys: attack_max_prompts (the run's eval_max_prompts, at most 16), relearn_steps (10), relearn_lr (run lr x 10), relearn_examples (half the forget "
                  "set), quant_backend (auto|rtn|nf4), model_before (the original, for a model folder); other keys override the "
                  "run config (e.g. eval_device=cpu, judge=...)",
     )

@@ -48,7 +48,7 @@ ATTACKS: dict[str, str] = {
 WEIGHT_ATTACKS = ("quant8", "quant4", "relearn_forget", "relearn_benign")
 FORGETTING_KINDS = {"harmful": "harmful_rate", "extraction": "leak_rate", "hallucination": "hallucination_rate"}
 LABELS = ("original", "unlearned")
-DEFAULT_MAX_PROMPTS = 40
+DEFAULT_MAX_PROMPTS = 16  # every attack on the demo's model in ~14 min on 2 CPU cores (docs/attack.md); 40 for tighter intervals
 ATTACK_BATCH = 48
 
 
