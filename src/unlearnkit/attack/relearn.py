@@ -69,6 +69,7 @@ def relearn_config(run: RunConfig, model: str, data_file: Path, output_dir: Path
     t.output_dir, t.max_steps, t.lr, t.batch_size = str(output_dir), steps, lr, RELEARN_BATCH
     t.warmup_steps, t.save_every, t.keep_checkpoints, t.forget_threshold, t.time_budget_s = 0, 0, 1, None, None
     t.save_mode, t.overwrite, t.progress = "merged", True, progress
+    t.sam_rho, t.guard_every = 0.0, 0  # an attacker's plain finetune: none of the unlearning run's defences or checks
     config.eval.eval_before_after = False
     validate(config)
     return config
