@@ -78,3 +78,14 @@ def own_answers(
         json.dump(payload, out)
     os.replace(staging, path)  # atomic: a concurrent or killed run never reads half a file
     return answers
+
+
+def answered_by_original(model: Any, tokenizer: Any, examples: Sequence[Any], model_config: ModelConfig, template: str,
+                         max_new_tokens: int, progress: bool = True) -> list[Any]:
+    """``examples`` (QAExample) with their answers replaced by the original model's own (``own_answers``, cached under
+    ``model_config``'s fingerprint); rows it answered with nothing are dropped. What ``normal_answers=self`` trains on."""
+    from unlearnkit.data import QAExample
+
+    answers = own_answers(model, tokenizer, [e.question for e in examples], fingerprint=model_fingerprint(model_config),
+                          template=template, max_new_tokens=max_new_tokens, progress=progress)
+    return [QAExample(e.question, a) for e, a in zip(examples, answers) if a.strip()]

@@ -61,7 +61,7 @@ from unlearnkit.checkpoint import (  # noqa: F401  (re-exported: the checkpoint 
 from unlearnkit.errors import RunInterrupted, TrainingDiverged, UserError
 from unlearnkit.guard import GUARD_DIR, GuardData, UtilityGuard, announce, prepare_guard
 from unlearnkit.methods import METHODS, REFUSALS, Method, Needs, resolve_needs
-from unlearnkit.own_answers import model_fingerprint, own_answers
+from unlearnkit.own_answers import answered_by_original
 from unlearnkit.modeling import (
     Reference,
     add_lora,
@@ -124,9 +124,7 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
     if normal and d.normal_answers == "self":
         if original_model is None:
             raise ValueError("normal_answers=self needs the original model to answer the normal prompts")
-        answers = own_answers(original_model, tokenizer, [e.question for e in normal], fingerprint=model_fingerprint(config.model),
-                              template=d.template, max_new_tokens=d.max_length, progress=config.train.progress)
-        normal = [QAExample(e.question, a) for e, a in zip(normal, answers) if a.strip()]
+        normal = answered_by_original(original_model, tokenizer, normal, config.model, d.template, d.max_length, config.train.progress)
     template_ids = None
     if method.mismatch_source == "template":
         # Tokenized after a real prompt, so the seam is the one every forget prompt has (see data.encode_pair).

@@ -413,16 +413,13 @@ class Runner:
         greedy answers (the cache training filled, so normally no generation); rows it left empty are dropped."""
         from dataclasses import replace
 
-        from unlearnkit.data import QAExample
         from unlearnkit.modeling import load_model, load_tokenizer
-        from unlearnkit.own_answers import model_fingerprint, own_answers
+        from unlearnkit.own_answers import answered_by_original
 
         m, d = self.config.model, self.config.data
         original = replace(m, lora=False)
-        answers = own_answers(load_model(original), load_tokenizer(original), [e.question for e in examples],
-                              fingerprint=model_fingerprint(m), template=d.template, max_new_tokens=d.max_length,
-                              progress=self.progress)
-        return [QAExample(e.question, a) for e, a in zip(examples, answers) if a.strip()]
+        return answered_by_original(load_model(original), load_tokenizer(original), examples, m, d.template, d.max_length,
+                                    self.progress)
 
     def _variants(self, attack: str, kinds: tuple[str, ...], names: list[str], reword: Callable[[str, str], str]) -> AttackEval:
         """Every prompt of the sets of ``kinds`` reworded once per variant in ``names``; the judge reads the original request."""
