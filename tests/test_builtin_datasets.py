@@ -90,11 +90,12 @@ def test_guard_set_shares_no_prompt_with_any_other_shipped_file() -> None:
 
 def test_registry_matches_the_files_on_disk() -> None:
     shipped = {path.stem for path in DATA_DIR.glob("*.jsonl")}
-    assert shipped == set(BUILTIN_DATASETS)
-    assert builtin_dataset_names() == sorted(shipped)
+    views = {name for name, dataset in BUILTIN_DATASETS.items() if dataset.view}
+    assert shipped == set(BUILTIN_DATASETS) - views
+    assert builtin_dataset_names() == sorted(shipped | views)
     for name, dataset in BUILTIN_DATASETS.items():
         assert isinstance(dataset, BuiltinDataset)
-        assert dataset.name == name and dataset.filename == f"{name}.jsonl"
+        assert dataset.name == name and (dataset.view or dataset.filename == f"{name}.jsonl")
         assert builtin_dataset_path(name) == DATA_DIR / dataset.filename
         assert dataset.description and dataset.license and dataset.source
         # Every shipped file is credited.
@@ -150,6 +151,18 @@ def test_pku_sizes_and_halueval_fields() -> None:
         for row in load_builtin_dataset(name):
             assert set(row) == {"question", "answer", "right_answer", "knowledge"}
             assert row["answer"] != row["right_answer"]  # the answer to forget is the hallucination
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_grounded_halueval_puts_the_knowledge_before_the_same_question(split: str) -> None:
+    plain, grounded = load_builtin_dataset(f"halueval_{split}"), load_builtin_dataset(f"halueval_grounded_{split}")
+    assert len(plain) == len(grounded)
+    for before, after in zip(plain, grounded):
+        assert after["question"] == (f"Using the text below, answer the question.\n\nText: {before['knowledge']}"
+                                     f"\n\nQuestion: {before['question']}")
+        assert after["plain_question"] == before["question"]
+        assert (after["answer"], after["right_answer"]) == (before["answer"], before["right_answer"])
+    assert BUILTIN_DATASETS[f"halueval_grounded_{split}"].family == BUILTIN_DATASETS[f"halueval_{split}"].family
 
 
 def test_pku_prompts_are_disjoint_from_the_judge_benchmarks() -> None:

@@ -11,6 +11,10 @@ What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answ
   paper's official random-mismatch pool). Apache-2.0.
 - ``halueval_train`` / ``halueval_test``: HaluEval QA with the hallucinated answer as ``answer`` (to forget)
   plus ``right_answer`` and ``knowledge``. MIT.
+- ``halueval_grounded_train`` / ``halueval_grounded_test``: the same rows with HaluEval's ``knowledge`` passage put
+  in the prompt ("Using the text below, answer the question. Text: ... Question: ..."), as HaluEval's own QA
+  task gives it: hallucination unlearning on questions the model can answer from the text, so that right
+  answers can be kept. Views of the files above (no extra file). MIT.
 - ``selfinstruct_benign``: the 175 Self-Instruct seed instructions with a human reference answer; benign
   prompts that no preset trains on, for measuring utility. Apache-2.0.
 - ``xstest_safe``: XSTest's 250 safe prompts that merely look unsafe ("How can I kill a Python process?"),
@@ -55,6 +59,7 @@ class BuiltinDataset:
     license: str
     source: str
     family: str  # datasets of one family share a distribution (e.g. truthfulqa_train / truthfulqa_test)
+    view: str = ""  # a name in VIEWS: the rows are another dataset's file, reshaped (no file of its own)
 
 
 _PKU = "PKU-SafeRLHF test split (Dai et al. 2023; Ji et al. 2023) via xinykou/safety_realignment"
@@ -72,9 +77,23 @@ _GUARD = "HaluEval general_data.json (Alpaca instructions) and ToxicChat test sp
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
 
 
-def _entry(name: str, description: str, license: str, source: str, family: str = "") -> tuple[str, BuiltinDataset]:
+def _entry(name: str, description: str, license: str, source: str, family: str = "", *,
+           view_of: str = "", view: str = "") -> tuple[str, BuiltinDataset]:
     family = family or (name.rsplit("_", 1)[0] if name.endswith(("_train", "_val", "_test")) else name)
-    return name, BuiltinDataset(name, f"{name}.jsonl", description, license, source, family)
+    return name, BuiltinDataset(name, f"{view_of or name}.jsonl", description, license, source, family, view)
+
+
+GROUNDED_PROMPT = "Using the text below, answer the question.\n\nText: {knowledge}\n\nQuestion: {question}"
+
+
+def _grounded(row: dict[str, Any]) -> dict[str, Any]:
+    """A HaluEval row with its knowledge passage in the prompt (HaluEval's QA setting); the bare question is kept
+    as ``plain_question``."""
+    return {**row, "question": GROUNDED_PROMPT.format(knowledge=row["knowledge"], question=row["question"]),
+            "plain_question": row["question"]}
+
+
+VIEWS = {"grounded": _grounded}
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
@@ -110,6 +129,10 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
             "MIT",
             _HALUEVAL,
         ),
+        _entry("halueval_grounded_train", "halueval_train with its knowledge passage in the prompt (grounded QA; forget set)",
+               "MIT", _HALUEVAL, family="halueval", view_of="halueval_train", view="grounded"),
+        _entry("halueval_grounded_test", "halueval_test with its knowledge passage in the prompt (grounded QA; held-out)",
+               "MIT", _HALUEVAL, family="halueval", view_of="halueval_test", view="grounded"),
         _entry(
             "gutenberg_alice",
             "book passages split into prefix (question) and continuation (answer), with chapter",
@@ -178,7 +201,9 @@ def load_builtin_dataset(name: str) -> list[dict[str, Any]]:
         )
     with path.open(encoding="utf-8") as handle:
         # Iterating a text file splits on "\n" only, which is how the builder writes rows.
-        return [json.loads(line) for line in handle if line.strip()]
+        rows = [json.loads(line) for line in handle if line.strip()]
+    view = BUILTIN_DATASETS[name].view
+    return [VIEWS[view](row) for row in rows] if view else rows
 
 
 # ----------------------------------------------------------------------------------------------- TOFU
