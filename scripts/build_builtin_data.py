@@ -299,7 +299,8 @@ def build_halueval(data_dir: Path) -> list[BuiltFile]:
         f"- How it was made: the {len(rows)} source rows shuffled with seed `{SEED}/halueval`; the first "
         f"{len(train)} are train, the next {len(test)} test (question-disjoint: every source question is unique). "
         "Fields: `question`; `answer` = hallucinated_answer (the text to forget); `right_answer`; `knowledge` "
-        "(the Wikipedia context HaluEval generated from). Whitespace stripped.\n"
+        "(the Wikipedia context HaluEval generated from). Whitespace stripped. The datasets `halueval_grounded_train` / "
+        "`halueval_grounded_test` are views of these two files with `knowledge` put in the prompt (no file of their own).\n"
         "- Content warning: `answer` is deliberately FALSE (generated hallucinations); never use it as a fact.\n"
     )
     return [BuiltFile("halueval_train.jsonl", train, common), BuiltFile("halueval_test.jsonl", test, common)]
