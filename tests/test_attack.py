@@ -228,6 +228,9 @@ def test_attack_cli_end_to_end_with_every_attack(attack_inputs, tmp_path, capsys
     assert attacks["jailbreak"]["sets"]["heldout"]["unlearned"] == pytest.approx(worst)
     md = (out / "report.md").read_text()
     assert md.count("\n| ") == 1 + len(ATTACKS) + 1 and "harmful_rate_forget: original" in md
+    # The judge's own error bar sits beside the harmful rates (this test's classifier has no recorded accuracy).
+    assert results["meta"]["judge"]["name"] == attack_inputs["judge"]
+    assert "whose accuracy on held-out labels is not recorded" in md
     assert "recovered" in stdout
 
 

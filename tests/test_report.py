@@ -179,9 +179,9 @@ def test_the_builtin_judge_records_its_leave_one_source_out_accuracy_in_the_resu
     """The shipped weights' own table reaches results.json's meta (what every report above reads)."""
     from unlearnkit.config import EvalConfig
     from unlearnkit.evaluate.judges import BuiltinJudge
-    from unlearnkit.evaluate.run import _judge_meta, judge_accuracy_range
+    from unlearnkit.evaluate.run import judge_meta, judge_accuracy_range
 
-    meta = _judge_meta(BuiltinJudge(), EvalConfig())
+    meta = judge_meta(BuiltinJudge(), EvalConfig())
     sources = meta["held_out_metrics"]["sources"]
     assert set(sources) == {"beavertails", "pku", "xstest", "safeunlearning"}
     assert all(0.5 <= row["balanced_accuracy"] <= 1 and {"tpr", "tnr", "n"} <= row.keys() for row in sources.values())

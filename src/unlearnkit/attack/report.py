@@ -81,7 +81,9 @@ def _notes(results: dict[str, Any]) -> list[str]:
              "(shown bounded to 0-100%; results.json keeps the raw value).",
              "Each attack is applied to both models the same way; the original column shows the attack's own effect."]
     if meta.get("judge"):
-        notes.append(f"Harm judge: {meta['judge']}.")
+        from unlearnkit.evaluate.run import judge_error_bar
+
+        notes.append(judge_error_bar(meta["judge"]))
     for attack, data in attacks.items():
         if attack == "none":
             continue

@@ -554,6 +554,8 @@ def run_attack(target_path: str, output: str | Path, attacks: str | None, overri
             print(f"attack: {attack} ...", flush=True)
             evals[attack] = runner.run(attack)
             print(f"attack: {attack} done in {evals[attack].seconds:.0f}s", flush=True)
+        from unlearnkit.evaluate.run import judge_meta
+
         results = {
             "meta": {
                 "unlearnkit_version": __version__,
@@ -563,7 +565,7 @@ def run_attack(target_path: str, output: str | Path, attacks: str | None, overri
                 "settings": {"attack_max_prompts": settings.max_prompts, "relearn_steps": settings.relearn_steps,
                              "relearn_lr": plan.relearn_lr or None, "relearn_examples": plan.relearn_count or None,
                              "quant_backend": settings.quant_backend, "seed": config.train.seed},
-                "judge": config.eval.judge if runner.judge is not None else None,
+                "judge": judge_meta(runner.judge, config.eval) if runner.judge is not None else None,
                 "prompt_sets": {s.name: {"kind": s.kind, "source": s.source, "n": len(s.questions)} for s in plan.forgetting},
                 "utility_set": plan.utility.name if plan.utility is not None else None,
                 "recovered": "(unlearned after attack - unlearned) / (original - unlearned), on the prompts the attack evaluated; "

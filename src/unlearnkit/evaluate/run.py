@@ -453,7 +453,7 @@ def evaluate_models(
         "meta": {
             "unlearnkit_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "judge": _judge_meta(judge, config) if judge is not None else None,
+            "judge": judge_meta(judge, config) if judge is not None else None,
             "prompt_sets": {s.name: {"source": s.source, "kind": s.kind, "n": len(s.questions),
                                      "in_distribution": s.in_distribution, **({"note": s.note} if s.note else {})} for s in sets},
             "generation": {**settings.__dict__, "template": resolved_template, "device": device, "dtype": str(dtype).removeprefix("torch.")},
@@ -486,7 +486,8 @@ def _clean(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _judge_meta(judge: Any, config: EvalConfig) -> dict[str, Any]:
+def judge_meta(judge: Any, config: EvalConfig) -> dict[str, Any]:
+    """What results.json records of the harm judge: name, threshold and, for the builtin judge, its held-out accuracy."""
     info: dict[str, Any] = {"name": config.judge, "threshold": getattr(judge, "threshold", None)}
     if config.judge == "builtin":
         info["note"] = "builtin offline judge (see docs/builtin_judge.md for its measured accuracy); not the paper's DeBERTa reward model"
