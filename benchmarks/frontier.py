@@ -174,7 +174,10 @@ RMU_COEFFS = (round(RMU_LAYER_NORM), round(3 * RMU_LAYER_NORM))
 SMALL_GRID: dict[str, list[dict[str, Any]]] = {
     "ga_mismatch_kl": [{"lr_x": 1, "steps_x": 1, "w_normal": 5.0},  # the shipped presets
                        {"lr_x": 0.6, "steps_x": 1, "w_normal": 10.0},
-                       {"lr_x": 1, "steps_x": 2 / 3, "w_normal": 10.0}],
+                       {"lr_x": 1, "steps_x": 2 / 3, "w_normal": 10.0},
+                       # the shipped preset with the utility guard: every 5 steps, keep the step with the most forgetting
+                       # among those whose guard similarity holds >= 0.7 (the guard's trade along one run's own path)
+                       {"lr_x": 1, "steps_x": 1, "w_normal": 5.0, "guard_every": 5, "guard_min_similarity": 0.7}],
     "npo": [{"lr_x": 1, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 2, "steps_x": 1, "w_retain": 5.0}],
     "simnpo": [{"lr_x": 1, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 2, "steps_x": 1, "w_retain": 5.0}],
     "grad_diff": [{"lr_x": 0.4, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 1, "steps_x": 1, "w_retain": 5.0}],

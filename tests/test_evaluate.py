@@ -195,11 +195,16 @@ def test_evaluate_models_writes_results_with_intervals_and_generations(tiny_mode
     assert "harmful_rate_forget" in table and "[" in table and "pts" in table
     # Without the scoring passes (as attacks and the frontier run it): the same generations and rates, no NLL keys.
     lean = evaluate_models([("before", str(tiny_model_dir)), ("after", str(other))], sets, config.eval, tmp_path / "lean",
-                           template="chat", progress=False, fluency=False, answer_scores=False)
+                           template="chat", progress=False, fluency=False, answer_scores=False, also_similar_to="after")
     for label in ("before", "after"):
         assert not any(k.startswith(("fluency_ppl", "forget_nll", "answer_ppl", "normal_ppl")) for k in lean[label]), label
         for key in ("harmful_rate_forget", "on_topic_rate_benign", "similarity_to_original_benign", "nm_rate_benign"):
             assert lean[label][key] == pytest.approx(results[label][key]), key
+    # A second reference: "after" compared with itself is 1; "before" vs "after" is the cosine the other way round.
+    assert lean["after"]["similarity_to_after_benign"] == pytest.approx(1.0, abs=1e-5)
+    assert lean["before"]["similarity_to_after_benign"] == pytest.approx(lean["after"]["similarity_to_original_benign"], abs=1e-6)
+    with pytest.raises(UserError, match="also_similar_to='memorized' is not one of the models' labels"):
+        evaluate_models([("before", str(tiny_model_dir))], sets, config.eval, tmp_path / "bad", also_similar_to="memorized")
 
 
 def test_forget_eval_set_is_the_trained_forget_data(tmp_path):

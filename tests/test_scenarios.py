@@ -38,6 +38,9 @@ def test_copyright_scenario_chains_memorize_into_unlearn_and_reuses_finished_sta
         for key in ("exact_memorization_extraction", "extraction_strength_extraction"):  # per item, with an interval
             low, high = results[label]["ci"][key]
             assert 0 <= low <= high <= 1 and low - 1e-6 <= results[label][key] <= high + 1e-6  # the interval is rounded to 6 digits
+    # Utility is also compared with the memorized model (the model the user had): itself -> 1.
+    assert results["memorized"]["similarity_to_memorized_benign"] == pytest.approx(1.0, abs=1e-5)
+    assert 0 <= results["unlearned"]["similarity_to_memorized_benign"] <= 1 + 1e-6
     assert results["meta"]["prompt_sets"]["extraction"]["source"] == "gutenberg_alice"
     assert results["meta"]["generation"]["template"] == "chat"  # utility sets in the chat format; extraction stays raw
     assert (out / "report.html").is_file()

@@ -133,8 +133,11 @@ def run_scenario(name: str, output_dir: Path, overrides: list[str], *, presets: 
     started = time.perf_counter()
     meta = {"scenario": {"name": name, "summary": scenario.summary, "overrides": overrides, "stages": timings},
             "config": final.to_dict()}
+    # A scenario that plants the behaviour first (copyright: memorize) also compares utility with that model: it
+    # is the model the user had, and its answers already moved away from the original's.
+    planted = scenario.stages[0].name if len(scenario.stages) > 1 else None
     results = evaluate_models(models, sets, final.eval, output_dir, template=eval_template(final), meta=meta,
-                              progress=progress, seed=final.train.seed, judge=judge)
+                              progress=progress, seed=final.train.seed, judge=judge, also_similar_to=planted)
     results["meta"]["scenario"]["eval_seconds"] = round(time.perf_counter() - started, 1)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(comparison_table(results, SCENARIO_KEYS.get(name)))
@@ -145,8 +148,8 @@ def run_scenario(name: str, output_dir: Path, overrides: list[str], *, presets: 
 
 SCENARIO_KEYS = {
     "copyright": ("leak_rate_extraction", "mean_bleu_extraction", "forget_nll_extraction", "extraction_strength_extraction",
-                  "exact_memorization_extraction", "on_topic_rate_benign",
-                  "similarity_to_original_benign", "nm_rate_benign", "refusal_rate_overrefusal"),
+                  "exact_memorization_extraction", "nm_rate_extraction", "on_topic_rate_benign",
+                  "similarity_to_original_benign", "similarity_to_memorized_benign", "nm_rate_benign", "refusal_rate_overrefusal"),
     "hallucination": ("hallucination_rate_hallucination", "right_answer_rate_hallucination", "on_topic_rate_benign",
                       "similarity_to_original_benign", "nm_rate_benign", "refusal_rate_overrefusal"),
     "harmful-pku": ("harmful_rate_forget", "harmful_rate_heldout", "on_topic_rate_benign", "similarity_to_original_benign",

@@ -310,8 +310,11 @@ def _score_fluency(outputs: list[ModelOutputs], baseline: Any, tokenizer: Any, s
             o.record(f"fluency_ppl_{s.name}", _perplexity_rows(scored.nll_sums, scored.counts), metrics.perplexity_of_rows, seed=seed)
 
 
-def _score_embeddings(outputs: list[ModelOutputs], sets: list[PromptSet], device: str, seed: int) -> None:
-    """similarity_to_original, relevance and on_topic_rate on the utility sets (MiniLM embeddings)."""
+def _score_embeddings(outputs: list[ModelOutputs], sets: list[PromptSet], device: str, seed: int,
+                      also_similar_to: str | None = None) -> None:
+    """similarity_to_original, relevance and on_topic_rate on the utility sets (MiniLM embeddings); with
+    ``also_similar_to`` (a model's label), every model's similarity to that model's answers too
+    (``similarity_to_<label>_<set>``: the copyright scenario compares with the memorized model, the one the user had)."""
     from unlearnkit.evaluate.judges import minilm_embed
 
     for s in sets:
@@ -320,12 +323,15 @@ def _score_embeddings(outputs: list[ModelOutputs], sets: list[PromptSet], device
         prompts = minilm_embed(s.questions, device=device)
         base = minilm_embed(outputs[0].responses(s.name), device=device)
         base_relevance = metrics.cosine_similarity_rows(prompts, base)
+        embedded = {o.label: base if o is outputs[0] else minilm_embed(o.responses(s.name), device=device) for o in outputs}
         for o in outputs:
-            embedded = base if o is outputs[0] else minilm_embed(o.responses(s.name), device=device)
-            similarity = metrics.cosine_similarity_rows(base, embedded)
-            relevance = metrics.cosine_similarity_rows(prompts, embedded)
+            similarity = metrics.cosine_similarity_rows(base, embedded[o.label])
+            relevance = metrics.cosine_similarity_rows(prompts, embedded[o.label])
             on_topic = metrics.on_topic_flags(relevance, base_relevance)
             o.record(f"similarity_to_original_{s.name}", similarity, seed=seed)
+            if also_similar_to:
+                o.record(f"similarity_to_{also_similar_to}_{s.name}",
+                         metrics.cosine_similarity_rows(embedded[also_similar_to], embedded[o.label]), seed=seed)
             o.record(f"relevance_{s.name}", relevance, seed=seed)
             o.record(f"on_topic_rate_{s.name}", on_topic, seed=seed)
             o.note(s.name, "similarity", np.round(similarity, 4).tolist())
@@ -379,6 +385,7 @@ def evaluate_models(
     fluency: bool = True,
     answer_scores: bool = True,
     reuse_generations: dict[str, dict[str, Generations]] | None = None,
+    also_similar_to: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` ([(label, ModelConfig or name)], baseline first) on ``sets``; write results + generations.
 
@@ -390,13 +397,16 @@ def evaluate_models(
     scoring pass per model that costs about as much as generating (attacks and the frontier skip both).
     ``reuse_generations``: {label: {set name: Generations}} generated before with the same settings (e.g. the
     baseline's, cached by a benchmark that evaluates many models against one original): those sets are not
-    generated again; everything is still scored.
+    generated again; everything is still scored. ``also_similar_to``: a label of ``models`` whose answers every
+    model's utility answers are also compared with (``similarity_to_<label>_<set>``).
     """
     from unlearnkit.evaluate.judges import load_judge
 
     labels = [label for label, _ in models]
     if len(set(labels)) != len(labels) or "meta" in labels:
         raise UserError(f"model labels must be unique and not 'meta': {labels}")
+    if also_similar_to is not None and also_similar_to not in labels:
+        raise UserError(f"also_similar_to='{also_similar_to}' is not one of the models' labels: {labels}")
     if not sets:
         raise UserError("nothing to evaluate: every prompt set is empty or disabled")
     configs = [(label, m if isinstance(m, ModelConfig) else ModelConfig(name=m)) for label, m in models]
@@ -446,7 +456,7 @@ def evaluate_models(
         _score_fluency(outputs, baseline, baseline_tokenizer, sets, resolved_template, seed)
     del baseline
     gc.collect()
-    _score_embeddings(outputs, sets, device, seed)
+    _score_embeddings(outputs, sets, device, seed, also_similar_to)
     _score_texts(outputs, sets, judge, seed)
 
     results: dict[str, Any] = {
