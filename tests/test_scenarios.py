@@ -47,6 +47,14 @@ def test_copyright_scenario_chains_memorize_into_unlearn_and_reuses_finished_sta
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("(reused)") == 2
+    # A copied scenario folder keeps its memorized stage; the unlearned stage, whose input model moved, retrains.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert main([*argv[:3], str(copy), *argv[4:]]) == 0
+    printed = capsys.readouterr().out
+    assert "stage 'memorized' already trained" in printed and "stage 'unlearned' trained" in printed
 
 
 def test_hallucination_scenario_reports_both_rates(tiny_model_dir, tmp_path, capsys):

@@ -85,10 +85,12 @@ def reusable(config: RunConfig, out: Path) -> bool:
 
     before, now = yaml.safe_load(saved.read_text()), config.to_dict()
     defaults = RunConfig().to_dict()
-    # Fields that do not change the trained weights are ignored; a field the saved config predates counts
-    # as holding its default (a newer unlearnkit adds fields without invalidating finished stages).
+    # Fields that do not change the trained weights are ignored (the output folder too: a scenario folder that
+    # was moved or copied keeps its stages); a field the saved config predates counts as holding its default
+    # (a newer unlearnkit adds fields without invalidating finished stages).
     return all(before.get(s, {}).get(k, defaults.get(s, {}).get(k)) == v
-               for s, values in now.items() if s != "eval" for k, v in values.items() if k not in RESUME_MAY_CHANGE)
+               for s, values in now.items() if s != "eval" for k, v in values.items()
+               if k not in RESUME_MAY_CHANGE and k != "output_dir")
 
 
 def run_scenario(name: str, output_dir: Path, overrides: list[str], *, presets: Path = Path("configs"), fresh: bool = False,
