@@ -16,8 +16,8 @@ from tests.test_judges import save_classifier
 from unlearnkit.attack.prompts import JAILBREAKS, PARAPHRASE_VARIANTS, jailbreak, paraphrase
 from unlearnkit.attack.quantize import fake_quantize, quantizable_linears, quantize_model
 from unlearnkit.attack.relearn import relearn, relearn_config, split_forget, write_examples
-from unlearnkit.attack.report import NOTHING_FORGOTTEN, format_recovered
-from unlearnkit.attack.run import ATTACKS, recovered_share, recovered_with_interval
+from unlearnkit.attack.report import ERASED, NOTHING_FORGOTTEN, format_recovered
+from unlearnkit.attack.run import ATTACKS, attack_erased_original, recovered_share, recovered_with_interval
 from unlearnkit.cli import main
 from unlearnkit.config import load_config
 from unlearnkit.data import QAExample
@@ -86,6 +86,16 @@ def test_recovered_share_on_hand_numbers():
     point, (low, high) = recovered_with_interval(half, unlearned, original)
     assert point == pytest.approx(0.6) and 0 <= low < 0.6 < high <= 1
     assert recovered_with_interval(original, original, original) == (None, None)
+
+
+def test_an_attack_that_erases_the_originals_rate_is_not_read_as_no_recovery():
+    # Relearning at a high lr wiped the memorized model's own leak (100% -> 11%): recovered would read 0%.
+    assert attack_erased_original(attacked_original=0.11, unlearned=0.06, original=1.0)
+    assert not attack_erased_original(attacked_original=0.56, unlearned=0.06, original=1.0)  # keeps 53% of the gap
+    assert not attack_erased_original(attacked_original=1.0, unlearned=0.06, original=1.0)
+    assert not attack_erased_original(attacked_original=0.1, unlearned=0.4, original=0.4)  # nothing was forgotten
+    assert format_recovered(0.0, [0.0, 0.0], erased=True) == ERASED
+    assert format_recovered(None, erased=True, reference=True) == "-"
 
 
 def test_recovered_display_is_bounded():

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 NOTHING_FORGOTTEN = "n/a: nothing was forgotten"
+ERASED = "n/a: the attack erased the original's rate"
 
 
 def format_rate(value: float | None, interval: list[float] | None = None) -> str:
@@ -27,10 +28,14 @@ def _bounded(value: float) -> str:
     return f"{value * 100:.0f}%"
 
 
-def format_recovered(value: float | None, interval: list[float] | None = None, reference: bool = False) -> str:
-    """The recovered share as shown: bounded to 0-100%, with its interval; n/a when nothing was forgotten."""
+def format_recovered(value: float | None, interval: list[float] | None = None, reference: bool = False,
+                     erased: bool = False) -> str:
+    """The recovered share as shown: bounded to 0-100%, with its interval; n/a when nothing was forgotten or when
+    the attack erased the original's own rate (run.attack_erased_original)."""
     if reference:
         return "-"
+    if erased:
+        return ERASED
     if value is None:
         return NOTHING_FORGOTTEN
     text = _bounded(value)
@@ -64,7 +69,8 @@ def table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             n = f" (n={entry['n']})" if entry["n"] != attacks["none"]["sets"][name]["n"] else ""
             reference = attack == "none" and entry.get("note") != "nothing was forgotten"
             row += [format_rate(entry["original"], entry["original_ci"]) + n, format_rate(entry["unlearned"], entry["unlearned_ci"]),
-                    format_recovered(entry.get("recovered"), entry.get("recovered_ci"), reference=reference)]
+                    format_recovered(entry.get("recovered"), entry.get("recovered_ci"), reference=reference,
+                                     erased=entry.get("erased", False))]
         if has_utility:
             utility = data.get("utility")
             row.append(" / ".join(format_rate(utility[label].get("on_topic_rate_benign")) for label in ("original", "unlearned"))
@@ -97,6 +103,10 @@ def _notes(results: dict[str, Any]) -> list[str]:
             if "evaluated_forget_half" in r:
                 text += f"; forget metrics on the other {r['evaluated_forget_half']} examples"
         notes.append(text + ".")
+        for name, entry in data["sets"].items():
+            if entry.get("erased"):
+                fix = f" (a gentler attacker measures it, e.g. relearn_lr={data['relearn']['lr'] / 10:g})" if data.get("relearn") else ""
+                notes.append(f"**{attack}** on {name}: {entry['note']}{fix}.")
     for attack, why in meta.get("skipped", {}).items():
         notes.append(f"skipped {attack}: {why}")
     return notes
@@ -129,5 +139,6 @@ def summary_line(results: dict[str, Any], attacks: tuple[str, ...] = ("quant4", 
         if not data or not data["sets"]:
             continue
         name, entry = next(iter(data["sets"].items()))
-        parts.append(f"{attack} {format_recovered(entry.get('recovered'), entry.get('recovered_ci'))} of {entry['metric']}")
+        parts.append(f"{attack} {format_recovered(entry.get('recovered'), entry.get('recovered_ci'), erased=entry.get('erased', False))}"
+                     f" of {entry['metric']}")
     return "robustness: recovered share " + ("; ".join(parts) if parts else "n/a")
