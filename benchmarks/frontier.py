@@ -113,6 +113,10 @@ class Task:
     memorize: str | None = None  # preset planting the memorized model first (copyright)
     preferred_column: str = ""  # forget column holding a preferred answer (method dpo), if the task's data has one
     eval_overrides: tuple[str, ...] = ("eval_normal=",)  # normal_ppl is not on the panel: its 40 generations are skipped
+    # The grid's starting point, pinned: once a preset moves to the point its frontier selected (hallucination:
+    # dpo at 2x lr), the grid still starts from where it was measured, so the command reproduces the table
+    # (same configs, same cache keys) instead of shifting every point.
+    grid_base: tuple[str, ...] = ()
 
 
 def _harmful_cut(row: dict[str, Any], original: dict[str, Any]) -> float | None:
@@ -142,7 +146,9 @@ TASKS: dict[str, Task] = {
          Target(UTILITY, ">=", 0.6, "similarity >= 0.6")),
         ("hallucination_rate_hallucination", "right_answer_rate_hallucination", "on_topic_rate_benign", UTILITY, "nm_rate_benign",
          "on_topic_rate_overrefusal", "refusal_rate_overrefusal"),
-        preferred_column="right_answer"),
+        preferred_column="right_answer",
+        grid_base=("method=ga_mismatch_kl", "lr=5e-5", "max_steps=30", "regularizer=auto", "w_retain=1.0",
+                   "forget_preferred_column=")),
     "copyright": Task(
         "configs/copyright_unlearn.yaml",
         lambda row, orig: relative_cut(orig.get("leak_rate_extraction"), row.get("leak_rate_extraction")),
@@ -334,7 +340,7 @@ def run_frontier(task_name: str, output: Path, *, grid: str = "small", methods: 
         print(f"frontier: memorized model {'reused' if reused else f'trained in {memorized_seconds:.0f}s'}", flush=True)
         base_model = str(output / "memorized" / "model")
     pinned = [f"model={base_model}"] if base_model else []
-    base = load_config(presets / task.preset, [*common, *pinned, f"output_dir={output / 'original'}"])
+    base = load_config(presets / task.preset, [*common, *task.grid_base, *pinned, f"output_dir={output / 'original'}"])
     sets = default_prompt_sets(base)
     judge = load_judge(base.eval.judge, base.eval.judge_threshold) if any(s.kind == "harmful" for s in sets) else None
     template = eval_template(base)
@@ -354,7 +360,7 @@ def run_frontier(task_name: str, output: Path, *, grid: str = "small", methods: 
         point_overrides = [f"method={method}", *(f"{k}={v}" for k, v in setting.items())]
         if method == "dpo":
             point_overrides.append(f"forget_preferred_column={task.preferred_column}")
-        config = load_config(presets / task.preset, [*common, *pinned, *point_overrides, f"output_dir={output / 'tmp'}"])
+        config = load_config(presets / task.preset, [*common, *task.grid_base, *pinned, *point_overrides, f"output_dir={output / 'tmp'}"])
         key = config_hash(config)
         folder = output / "points" / f"{label}-{key}"
         config.train.output_dir = str(folder / "run")
