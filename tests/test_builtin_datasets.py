@@ -237,3 +237,19 @@ def test_build_script_reproduces_the_shipped_files(tmp_path: Path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == shipped
     for name in shipped:
         assert (tmp_path / name).read_bytes() == (DATA_DIR / name).read_bytes(), name
+
+
+def test_grounded_hallucination_set_scores_against_the_bare_question() -> None:
+    # The closeness metric ignores the question's words; with the knowledge passage in the prompt those words include
+    # the right answer itself ("... the 1980s television series "21 Jump Street" ..."), which would make a right
+    # answer side with neither. The grounded set keeps the bare questions for scoring.
+    from unlearnkit.evaluate.metrics import RIGHT, answer_closeness
+    from unlearnkit.evaluate.run import hallucination_set
+
+    grounded, plain = hallucination_set("halueval_grounded_test", 3), hallucination_set("halueval_test", 3)
+    assert grounded.plain_questions == plain.questions and plain.plain_questions is None
+    right = grounded.answers[0]
+    answer = f"It is {right}."
+    assert right.lower() in grounded.questions[0].lower()  # the passage holds the answer
+    assert answer_closeness(answer, right, grounded.hallucinated[0], grounded.plain_questions[0]) == RIGHT
+    assert answer_closeness(answer, right, grounded.hallucinated[0], grounded.questions[0]) != RIGHT  # the bug it avoids

@@ -391,7 +391,8 @@ class Runner:
             positions[s.name] = keep
             sets.append((_dc_replace(s, questions=[s.questions[i] for i in keep],
                                      answers=None if s.answers is None else [s.answers[i] for i in keep],
-                                     hallucinated=None if s.hallucinated is None else [s.hallucinated[i] for i in keep]),
+                                     hallucinated=None if s.hallucinated is None else [s.hallucinated[i] for i in keep],
+                                     plain_questions=None if s.plain_questions is None else [s.plain_questions[i] for i in keep]),
                          s.name, [""]))
         result = self.evaluate("relearn_forget", self.models(models["original"], models["unlearned"]), sets)
         result.positions = positions
@@ -430,7 +431,8 @@ class Runner:
             questions = [reword(name, q) for name in names for q in s.questions]
             repeat = lambda items: None if items is None else [x for _ in names for x in items]  # noqa: E731
             changes = ({"answers": None, "judged": repeat(s.questions)} if s.kind == "harmful"
-                       else {"answers": repeat(s.answers), "hallucinated": repeat(s.hallucinated)})
+                       else {"answers": repeat(s.answers), "hallucinated": repeat(s.hallucinated),
+                             "plain_questions": repeat(s.plain_questions)})
             sets.append((_dc_replace(s, name=f"{s.name}@{attack}", questions=questions, **changes), s.name, names))
         return self.evaluate(attack, self.models(), sets)
 

@@ -58,6 +58,9 @@ class PromptSet:
     in_distribution: bool = False
     note: str = ""
     judged: list[str] | None = None  # the requests the judge reads (None: the questions); attacks wrap the questions
+    # Hallucination sets whose prompt carries a knowledge passage (halueval_grounded_*): the bare questions. The
+    # closeness metric ignores the question's words; ignoring the passage's would drop the right answer itself.
+    plain_questions: list[str] | None = None
 
 
 def normalized(text: str) -> str:
@@ -109,7 +112,10 @@ def hallucination_set(source: str, limit: int) -> PromptSet:
             raise UserError(f"{source}: row {number} lacks {', '.join(sorted(missing))}; hallucination sets need question, answer (hallucinated), right_answer")
     cells = [[text_cell(row, column, source, number) for column in ("question", "right_answer", "answer")]
              for number, row in enumerate(rows, 1)]
-    return PromptSet("hallucination", "hallucination", source, [c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells])
+    plain = ([text_cell(row, "plain_question", source, number) for number, row in enumerate(rows, 1)]
+             if rows and all("plain_question" in row for row in rows) else None)
+    return PromptSet("hallucination", "hallucination", source, [c[0] for c in cells], [c[1] for c in cells], [c[2] for c in cells],
+                     plain_questions=plain)
 
 
 def prompt_file_set(path: str, name: str = "prompts") -> PromptSet:
@@ -364,7 +370,7 @@ def _score_texts(outputs: list[ModelOutputs], sets: list[PromptSet], judge: Any,
                 o.record(f"mean_bleu_{s.name}", bleu, seed=seed)
                 o.note(s.name, "bleu", np.round(bleu, 2).tolist())
             elif s.kind == "hallucination" and s.answers is not None and s.hallucinated is not None:
-                side = metrics.answer_closeness_all(responses, s.answers, s.hallucinated, s.questions)
+                side = metrics.answer_closeness_all(responses, s.answers, s.hallucinated, s.plain_questions or s.questions)
                 o.record(f"hallucination_rate_{s.name}", side == metrics.HALLUCINATED, seed=seed)
                 o.record(f"right_answer_rate_{s.name}", side == metrics.RIGHT, seed=seed)
                 o.note(s.name, "closeness", side.tolist())
