@@ -315,8 +315,10 @@ def set_up(config: RunConfig, resume: bool) -> Run:
         raise UserError(f"batch_size={t.batch_size} is the global batch and must divide evenly over {accelerator.num_processes} "
                         f"processes; use a multiple of {accelerator.num_processes}")
     # Everything that can fail on bad input happens before the output folder is touched.
-    tokenizer = load_tokenizer(config.model)
+    # The data before the tokenizer: a bad dataset name fails in a second, before the builtin model's first-use
+    # conversion (and its progress bar) runs.
     data = load_run_data(config, method)  # read once: checked here, batched below
+    tokenizer = load_tokenizer(config.model)
     guard_data = prepare_guard(config, data, accelerator.num_processes)  # overlap with an eval set: an error now
     check_output_dir(t.output_dir, config.model.name)
     check_output_writable(t.output_dir)
