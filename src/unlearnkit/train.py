@@ -633,15 +633,6 @@ class StopSignals:
 
 
 # ------------------------------------------------------------------------------------------- the loop
-def close_process_group() -> None:
-    """Tear a multi-process run's process group down on every rank together, after save_outputs' last barrier.
-    Left to interpreter exit, a rank that exits while another still holds its gloo connections can make that
-    one abort ("terminate called without an active exception", SIGABRT): seen once in a 2-process test under
-    OMP_NUM_THREADS=1. After training nothing distributed is left to do (the main process evaluates alone)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 def train(
     config: RunConfig,
     *,
@@ -696,5 +687,4 @@ def train(
         guard_info = save_outputs(run, guard)
         if guard_info is not None and run.is_main:
             announce(guard_info)
-        close_process_group()
     return TrainResult(run.out, state.step, state.stop_reason, state.train_seconds, last, run.is_main, guard_info)
