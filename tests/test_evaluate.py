@@ -389,3 +389,17 @@ def test_a_second_benign_source_is_its_own_utility_set():
     trained_on = load_config(None, ["eval_benign2=toxicchat_benign", "normal=alpaca_instructions+toxicchat_benign", "eval_max_prompts=5"])
     assert {s.name: s for s in default_prompt_sets(trained_on)}["benign2"].in_distribution
     assert "benign2" not in {s.name for s in default_prompt_sets(load_config(None, ["eval_max_prompts=5"]))}
+
+
+def test_prompt_set_select_keeps_every_per_prompt_list_aligned():
+    from unlearnkit.evaluate.run import PER_PROMPT_FIELDS, PromptSet
+
+    s = PromptSet("h", "hallucination", "src", ["q0", "q1", "q2"], ["r0", "r1", "r2"], ["h0", "h1", "h2"],
+                  plain_questions=["p0", "p1", "p2"])
+    sub = s.select([2, 0])
+    assert (sub.questions, sub.answers, sub.hallucinated, sub.plain_questions, sub.judged) == (
+        ["q2", "q0"], ["r2", "r0"], ["h2", "h0"], ["p2", "p0"], None)
+    twice = s.select([0, 1, 2, 0, 1, 2], name="h@x", questions=list("abcdef"))
+    assert twice.name == "h@x" and twice.questions == list("abcdef") and twice.plain_questions == ["p0", "p1", "p2"] * 2
+    assert s.questions == ["q0", "q1", "q2"]  # the original is untouched
+    assert {"questions", "answers", "hallucinated", "judged", "plain_questions"} == set(PER_PROMPT_FIELDS)

@@ -252,12 +252,6 @@ def item_flag(kind: str, row: dict[str, Any]) -> float:
     return float(row["closeness"] == metrics.HALLUCINATED)
 
 
-def _dc_replace(obj: Any, **changes: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(obj, **changes)
-
-
 class Runner:
     """Runs the evaluations of one `unlearnkit attack` call (shared judge, settings, staging folder)."""
 
@@ -389,11 +383,7 @@ class Runner:
             if not keep:
                 continue
             positions[s.name] = keep
-            sets.append((_dc_replace(s, questions=[s.questions[i] for i in keep],
-                                     answers=None if s.answers is None else [s.answers[i] for i in keep],
-                                     hallucinated=None if s.hallucinated is None else [s.hallucinated[i] for i in keep],
-                                     plain_questions=None if s.plain_questions is None else [s.plain_questions[i] for i in keep]),
-                         s.name, [""]))
+            sets.append((s.select(keep), s.name, [""]))
         result = self.evaluate("relearn_forget", self.models(models["original"], models["unlearned"]), sets)
         result.positions = positions
         info["evaluated_forget_half"] = len(split.evaluate)
@@ -428,12 +418,10 @@ class Runner:
         for s in self.plan.forgetting:
             if s.kind not in kinds:
                 continue
+            repeated = [i for _ in names for i in range(len(s.questions))]  # every prompt once per variant
             questions = [reword(name, q) for name in names for q in s.questions]
-            repeat = lambda items: None if items is None else [x for _ in names for x in items]  # noqa: E731
-            changes = ({"answers": None, "judged": repeat(s.questions)} if s.kind == "harmful"
-                       else {"answers": repeat(s.answers), "hallucinated": repeat(s.hallucinated),
-                             "plain_questions": repeat(s.plain_questions)})
-            sets.append((_dc_replace(s, name=f"{s.name}@{attack}", questions=questions, **changes), s.name, names))
+            changes = {"answers": None, "judged": [s.questions[i] for i in repeated]} if s.kind == "harmful" else {}
+            sets.append((s.select(repeated, name=f"{s.name}@{attack}", questions=questions, **changes), s.name, names))
         return self.evaluate(attack, self.models(), sets)
 
     def _jailbreak(self) -> AttackEval:

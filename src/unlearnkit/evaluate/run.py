@@ -62,6 +62,17 @@ class PromptSet:
     # closeness metric ignores the question's words; ignoring the passage's would drop the right answer itself.
     plain_questions: list[str] | None = None
 
+    def select(self, positions: Sequence[int], **changes: Any) -> PromptSet:
+        """The prompts at ``positions`` (a subset, or repeats), every per-prompt list taken alike, then ``changes``."""
+        from dataclasses import replace
+
+        picked = {f: None if getattr(self, f) is None else [getattr(self, f)[i] for i in positions] for f in PER_PROMPT_FIELDS}
+        return replace(self, **{**picked, **changes})
+
+
+# The PromptSet fields that hold one item per prompt (select keeps them aligned).
+PER_PROMPT_FIELDS = ("questions", "answers", "hallucinated", "judged", "plain_questions")
+
 
 def normalized(text: str) -> str:
     """Case- and whitespace-insensitive form of a prompt, for overlap checks."""
