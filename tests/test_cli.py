@@ -171,3 +171,21 @@ def test_smoke_config_unlearns_the_builtin_model(tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out / "model").config.model_type == "llama"
+
+
+def test_a_worker_rank_leaves_without_finalization_and_keeps_its_exit_status(monkeypatch):
+    """A non-main rank of a multi-process run ends through os._exit with the command's own status (an
+    interpreter finalization with gloo threads alive can abort it after a good run); a plain process returns."""
+    import torch.distributed as dist
+
+    import unlearnkit.cli as cli
+
+    left: list[int] = []
+    monkeypatch.setattr(cli, "_leave_now", left.append)
+    assert main(["methods"]) == 0 and left == []  # one process: no process group, a normal return
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    assert main(["methods"]) == 0 and left == [0]
+    assert main(["run", "lr=-1"]) == 2 and left == [0, 2]  # a bad-input exit keeps its status
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    assert main(["methods"]) == 0 and left == [0, 2]  # the main rank finishes its own way

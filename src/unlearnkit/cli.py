@@ -364,13 +364,34 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, trailing).extend(extra)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        code = handler(args)
     except UserError as exc:
         print(f"unlearnkit: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        code = exc.exit_code
     except KeyboardInterrupt:
         print("unlearnkit: interrupted (use --resume to continue from the last checkpoint)", file=sys.stderr)
-        return 130
+        code = 130
+    if _is_worker_rank():
+        _leave_now(code)
+    return code
+
+
+def _is_worker_rank() -> bool:
+    """A non-main process of a multi-process run (torch already imported, its process group up, rank > 0)."""
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_rank() != 0)
+
+
+def _leave_now(code: int) -> None:
+    """End a worker rank without interpreter finalization. Its work is done (the main process saves, evaluates
+    and reports), but torch's gloo process group still holds C++ threads; torn down during finalization they can
+    abort the process ("terminate called without an active exception", SIGABRT, a failed exit status after a
+    good run: seen in a 2-process test under OMP_NUM_THREADS=1), and an explicit destroy_process_group hung
+    once a rank whose peer (the store's host) had exited. Skipping finalization avoids both."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
