@@ -117,6 +117,8 @@ class Task:
     # dpo at 2x lr), the grid still starts from where it was measured, so the command reproduces the table
     # (same configs, same cache keys) instead of shifting every point.
     grid_base: tuple[str, ...] = ()
+    # Points of the small grid only this task has (a lever its data calls for), numbered after the shared ones.
+    extra_points: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 def _harmful_cut(row: dict[str, Any], original: dict[str, Any]) -> float | None:
@@ -159,7 +161,11 @@ TASKS: dict[str, Task] = {
          Target("nm_rate_benign", "<=", 0.05, "benign NM <= 5%")),
         ("leak_rate_extraction", "nm_rate_extraction", "on_topic_rate_benign", UTILITY, "nm_rate_benign",
          "on_topic_rate_overrefusal", "refusal_rate_overrefusal"),
-        memorize="configs/copyright_memorize.yaml"),
+        memorize="configs/copyright_memorize.yaml",
+        # The preset with the random-mismatch answers drawn from another book's prose (Pride and Prejudice)
+        # instead of the everyday answers: continuations of the forgotten passages may stay prose instead of
+        # derailing into `* * *` runs and blanks; the KL term keeps the everyday answers.
+        extra_points=(("ga_mismatch_kl", {"lr_x": 1, "steps_x": 1, "w_normal": 5.0, "mismatch_pool": "gutenberg_austen"}),)),
 }
 
 # RMU on SmolLM2-135M (30 layers, width 576), not the Zephyr-7B defaults (layer 7, c 6.5, alpha 1200): the
@@ -183,7 +189,11 @@ SMALL_GRID: dict[str, list[dict[str, Any]]] = {
                        {"lr_x": 1, "steps_x": 2 / 3, "w_normal": 10.0},
                        # the shipped preset with the utility guard: every 5 steps, keep the step with the most forgetting
                        # among those whose guard similarity holds >= 0.7 (the guard's trade along one run's own path)
-                       {"lr_x": 1, "steps_x": 1, "w_normal": 5.0, "guard_every": 5, "guard_min_similarity": 0.7}],
+                       {"lr_x": 1, "steps_x": 1, "w_normal": 5.0, "guard_every": 5, "guard_min_similarity": 0.7},
+                       # the paper's LoRA option (rank 8 on every linear layer): the update is confined to a low-rank
+                       # change, which may keep more of the rest; adapters need a larger lr than full finetuning
+                       {"lr_x": 10, "steps_x": 1, "w_normal": 5.0, "lora": True},
+                       {"lr_x": 20, "steps_x": 1, "w_normal": 5.0, "lora": True}],
     "npo": [{"lr_x": 1, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 2, "steps_x": 1, "w_retain": 5.0}],
     "simnpo": [{"lr_x": 1, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 2, "steps_x": 1, "w_retain": 5.0}],
     "grad_diff": [{"lr_x": 0.4, "steps_x": 1, "w_retain": 1.0}, {"lr_x": 1, "steps_x": 1, "w_retain": 5.0}],
@@ -216,7 +226,8 @@ def grid_points(task: str, grid: str, methods: Sequence[str] | None, only: Seque
         if method == "dpo" and not TASKS[task].preferred_column:
             print(f"frontier: dpo skipped for {task} (its forget data has no preferred answer)", flush=True)
             continue
-        for number, setting in enumerate(table[method], 1):
+        extra = [setting for name, setting in TASKS[task].extra_points if name == method] if grid == "small" else []
+        for number, setting in enumerate([*table[method], *extra], 1):
             points.append((f"{method}-{number}", method, setting))
     if only:
         missing = set(only) - {label for label, _, _ in points}

@@ -12,6 +12,7 @@ Files written:
     truthfulqa_{train,val,test}.jsonl      normal Q&A (TruthfulQA "Best Answer"), 70/10/20
     halueval_{train,test}.jsonl            hallucinated answers to forget (+ right answer, knowledge)
     gutenberg_alice.jsonl                  Alice in Wonderland passages as (prefix, continuation)
+    gutenberg_austen.jsonl                 Pride and Prejudice passages, the same way (prose of another book)
     tofu.jsonl.xz                          TOFU fictitious-author QA + perturbed answers, real authors, world facts (xz)
     CREDITS.md                             source, license, rows and recipe of every file
 
@@ -77,6 +78,8 @@ ALICE_TXT = "gutenberg/pg11.txt"
 ALICE_PREFIX_CHARS = 200
 ALICE_CONTINUATION_CHARS = 400
 ALICE_ROWS = 150
+AUSTEN_TXT = "gutenberg/pg1342.txt"
+AUSTEN_ROWS = 100
 CHAPTER_HEADING = re.compile(r"^CHAPTER ([IVXLC]+)\.$")
 ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100}
 
@@ -462,6 +465,61 @@ def build_alice(data_dir: Path) -> list[BuiltFile]:
     return [BuiltFile("gutenberg_alice.jsonl", rows, credits)]
 
 
+def drop_bracketed(text: str, opener: str) -> str:
+    """``text`` without every block that starts with ``opener`` ("[Illustration") up to its matching "]"
+    (blocks nest: "[Illustration: ... [_Copyright 1894 ..._]]")."""
+    out, position = [], 0
+    while (start := text.find(opener, position)) != -1:
+        out.append(text[position:start])
+        depth, index = 0, start
+        while index < len(text):
+            depth += {"[": 1, "]": -1}.get(text[index], 0)
+            index += 1
+            if depth == 0:
+                break
+        position = index
+    out.append(text[position:])
+    return "".join(out)
+
+
+def build_austen(data_dir: Path) -> list[BuiltFile]:
+    """Passages of another public-domain book, cut as gutenberg_alice is: prose that is not the book to forget
+    (the copyright scenario's random-mismatch pool, ``mismatch_pool=gutenberg_austen``)."""
+    source_path = data_dir / AUSTEN_TXT
+    text = drop_bracketed(source_path.read_text(encoding="utf-8"), "[Illustration")
+    # Chapter I's heading sits inside the title illustration (dropped above); from chapter II on, "CHAPTER N."
+    # lines split the text. Only chapters II onwards are used.
+    rows: list[dict] = []
+    for number, chapter in alice_chapters(text):
+        position = 0
+        while len(rows) < AUSTEN_ROWS:
+            prefix, position_after_prefix = cut_at_word_boundary(chapter, position, ALICE_PREFIX_CHARS)
+            continuation, next_position = cut_at_word_boundary(chapter, position_after_prefix, ALICE_CONTINUATION_CHARS)
+            if len(continuation) < ALICE_CONTINUATION_CHARS * 3 // 4 or len(prefix) < ALICE_PREFIX_CHARS * 3 // 4:
+                break
+            rows.append({"question": prefix, "answer": continuation, "chapter": number})
+            position = next_position
+        if len(rows) >= AUSTEN_ROWS:
+            break
+    chapters_used = sorted({row["chapter"] for row in rows})
+    credits = (
+        "- Source: Jane Austen, *Pride and Prejudice* (1813), Project Gutenberg eBook #1342, from the "
+        "`gutenbergbooks/1342` repository, path `1342-0.txt`, commit 041e520899f9a02af517d6cb253bc1fdfbf923e2; "
+        f"local file `{AUSTEN_TXT}` (sha256 {sha256_of(source_path)}).\n"
+        "- Use: prose that is not the book being forgotten, as the copyright scenario's random-mismatch answers "
+        "(`mismatch_pool=gutenberg_austen`): the unlearned model is taught to continue the forgotten passages with "
+        "other prose rather than with whatever it finds (separator runs, blanks). Never an evaluation set.\n"
+        "- License: public domain in the United States (the repository's LICENSE.txt); check your local law elsewhere.\n"
+        f"- How it was made: `[Illustration ...]` blocks removed (nested brackets included), then chapters "
+        f"{chapters_used[0]}-{chapters_used[-1]} cut exactly as `gutenberg_alice.jsonl` is (whitespace normalised, "
+        f"consecutive non-overlapping chunks within a chapter: `question` <= {ALICE_PREFIX_CHARS} characters, "
+        f"`answer` the next <= {ALICE_CONTINUATION_CHARS}, ended at word boundaries; short chapter tails skipped). "
+        "Italics stay as the source marks them (`_word_`). No randomness.\n"
+        "- Content warning: none.\n"
+    )
+    return [BuiltFile("gutenberg_austen.jsonl", rows, credits)]
+
+
 # ================================================================================================
 # Utility prompts: benign instructions (never trained on) and over-refusal prompts
 # ================================================================================================
@@ -753,6 +811,7 @@ LICENSES = {
     "truthfulqa": "Apache-2.0",
     "halueval": "MIT",
     "gutenberg_alice": "Public domain (US)",
+    "gutenberg_austen": "Public domain (US)",
     "advbench_harmful_train": "AdvBench questions MIT; answers: no license (research use)",
     "advbench_heldout": "MIT",
     "selfinstruct_benign": "Apache-2.0",
@@ -805,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
 
     files = build_pku(args.data_dir) + build_truthfulqa(args.data_dir) + build_halueval(args.data_dir) + build_alice(
         args.data_dir
-    ) + build_advbench(args.data_dir) + build_utility(args.data_dir) + build_tofu(args.data_dir)
+    ) + build_austen(args.data_dir) + build_advbench(args.data_dir) + build_utility(args.data_dir) + build_tofu(args.data_dir)
     write_outputs(files, args.out_dir)
     total = sum(b.size_bytes for b in files) + (args.out_dir / "CREDITS.md").stat().st_size
     for built in files:

@@ -104,7 +104,7 @@ def test_registry_matches_the_files_on_disk() -> None:
 
 def test_folder_stays_small() -> None:
     total = sum(path.stat().st_size for path in DATA_DIR.iterdir())
-    # 2.0 MB of JSONL plus TOFU (tofu.jsonl.xz, 394 KB xz-compressed, the whole benchmark): 2,003,078 bytes.
+    # 2.0 MB of JSONL plus TOFU (tofu.jsonl.xz, 394 KB xz-compressed, the whole benchmark): 2,098,262 bytes with gutenberg_austen.
     assert total < 2_100_000
 
 
@@ -214,6 +214,22 @@ def test_alice_rows_are_consecutive_chunks_of_the_book() -> None:
         if previous is not None and previous["chapter"] == row["chapter"]:
             assert found == position, "consecutive chunks of one chapter must be adjacent"
         position = found + len(chunk) + 1  # +1: the space that separated the chunks
+
+
+def test_austen_rows_are_chunks_of_another_book_without_illustrations() -> None:
+    """gutenberg_austen (the copyright mismatch pool): Pride and Prejudice cut as Alice is, illustration captions
+    removed, and no text in common with the book the scenario forgets."""
+    rows = load_builtin_dataset("gutenberg_austen")
+    assert len(rows) == 100 and rows[0]["chapter"] == 2
+    raw = (shared_data() / "gutenberg" / "pg1342.txt").read_text(encoding="utf-8")
+    # The book without its illustration blocks (captions may hold one nested [...] credit line).
+    book = " ".join(re.sub(r"\[Illustration(?:[^\[\]]|\[[^\[\]]*\])*\]", " ", raw).split())
+    alice = {row["question"] for row in load_builtin_dataset("gutenberg_alice")} | {row["answer"] for row in load_builtin_dataset("gutenberg_alice")}
+    for row in rows:
+        assert len(row["question"]) <= 200 and 300 <= len(row["answer"]) <= 400
+        assert "Illustration" not in row["question"] + row["answer"] and "Copyright 1894" not in row["answer"]
+        assert " ".join(row["answer"].split()) in book
+        assert row["question"] not in alice and row["answer"] not in alice
 
 
 def test_prefixes_end_at_word_boundaries() -> None:

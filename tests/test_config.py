@@ -206,6 +206,12 @@ def test_range_checks(override: str, message: str) -> None:
         load_config(None, [override])
 
 
+def test_mismatch_pool_needs_a_method_with_a_mismatch_term() -> None:
+    assert load_config(None, ["mismatch_pool=gutenberg_austen"]).data.mismatch_pool == "gutenberg_austen"
+    with pytest.raises(UserError, match="mismatch_pool is set but method npo has no random-mismatch term"):
+        load_config(None, ["method=npo", "mismatch_pool=gutenberg_austen"])
+
+
 def test_adapter_save_mode_with_lora_is_fine() -> None:
     assert load_config(None, ["lora=true", "save_mode=adapter"]).train.save_mode == "adapter"
 

@@ -387,6 +387,34 @@ def test_step_batch_groups_and_mismatch_rows(chatml_tokenizer) -> None:
     assert (batch["labels"][batch["attention_mask"] == 0] == X).all()
 
 
+def test_mismatch_pool_replaces_the_normal_answers_in_the_mismatch_group_only(chatml_tokenizer) -> None:
+    """mismatch_pool: the mismatch rows pair each forget prompt with pool answers (drawn as from the normal
+    answers, by index); the forget and normal groups are the batches the paper's draw makes."""
+    tok = chatml_tokenizer
+    pool = [QAExample(f"Prose prefix {i}.", f"Prose continuation {i}.") for i in range(4)]
+    pool_t = tokenize_qa(tok, pool, "paper")
+    step = 3
+    plain, pooled = make_batcher(tok)(step), make_batcher(tok, mismatch_pool=[ex.answer_ids for ex in pool_t])(step)
+    assert pooled.slices == plain.slices
+    forget_t = tokenize_qa(tok, FORGET, "paper")
+    forget_idx = indices_for_step(3, 2, step, seed=5, stream=1)
+    draws = sample_mismatch(2, 4, 3, seed=5, step=step)  # drawn over the pool's 4 answers
+    eos = tok.eos_token
+    for k, row in enumerate(range(2, 8)):
+        expected = forget_t[forget_idx[k // 3]].prompt_ids + pool_t[draws[k // 3][k % 3]].answer_ids
+        assert pooled.batch["input_ids"][row, : len(expected)].tolist() == expected
+        assert row_text(tok, pooled.batch, row)[1] in {f" {e.answer}{eos}" for e in pool}
+    for name in ("forget", "normal"):
+        for row in range(pooled.slices[name].start, pooled.slices[name].stop):
+            assert row_text(tok, pooled.batch, row) == row_text(tok, plain.batch, row)
+    # With a pool, the mismatch group needs no normal data; KL still does.
+    StepBatcher(forget_t, [], batch_size=2, num_mismatch=3, max_length=64, pad_id=0, seed=0, mismatch_source="normal",
+                use_normal=False, mismatch_pool=[ex.answer_ids for ex in pool_t])
+    with pytest.raises(UserError, match="normal set is empty"):
+        StepBatcher(forget_t, [], batch_size=2, num_mismatch=3, max_length=64, pad_id=0, seed=0, mismatch_source="normal",
+                    mismatch_pool=[ex.answer_ids for ex in pool_t])
+
+
 def test_step_batch_matches_index_functions(chatml_tokenizer) -> None:
     tok = chatml_tokenizer
     forget_t, normal_t = tokenize_qa(tok, FORGET, "paper"), tokenize_qa(tok, NORMAL, "paper")

@@ -35,6 +35,17 @@ def test_selection_is_the_most_utility_among_points_meeting_the_forgetting_targe
     assert frontier.relative_cut(0.8, 0.1) == pytest.approx(0.875) and frontier.relative_cut(0.0, 0.1) is None
 
 
+def test_a_tasks_own_points_come_after_the_shared_grid_and_only_for_that_task():
+    shared = len(frontier.SMALL_GRID["ga_mismatch_kl"])
+    copyright_points = frontier.grid_points("copyright", "small", ["ga_mismatch_kl"])
+    harmful_points = frontier.grid_points("harmful", "small", ["ga_mismatch_kl"])
+    assert [label for label, _, _ in harmful_points] == [f"ga_mismatch_kl-{n}" for n in range(1, shared + 1)]
+    assert copyright_points[:shared] == harmful_points  # the shared points keep their labels and settings
+    label, _, setting = copyright_points[shared]
+    assert label == f"ga_mismatch_kl-{shared + 1}" and setting["mismatch_pool"] == "gutenberg_austen"
+    assert len(frontier.grid_points("copyright", "tiny", ["ga_mismatch_kl"])) == len(frontier.TINY_GRID["ga_mismatch_kl"])
+
+
 def test_targets_and_table_rows_on_hand_numbers():
     task = frontier.TASKS["harmful"]
     original = {"harmful_rate_forget": 0.8, "harmful_rate_heldout": 0.5, "refusal_rate_overrefusal": 0.02}

@@ -278,3 +278,17 @@ def test_sam_steps_with_the_gradient_at_the_perturbed_weights(tiny_model_dir, qa
         assert torch.equal(torch.sign(moved), -torch.sign(perturbed[n][perturbed[n].abs() > 1e-5])), n
         flips += int((torch.sign(perturbed[n]) != torch.sign(plain[n]))[perturbed[n].abs() > 1e-5].sum())
     assert flips > 0  # the perturbed gradient is not the plain one: the test can tell them apart
+
+
+def test_mismatch_pool_supplies_the_mismatch_answers(tiny_model_dir, qa_files, tmp_path):
+    """mismatch_pool=FILE: the run's mismatch rows end with that file's answers, never a normal answer."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"question": f"Prose {i}", "answer": f"Other prose number {i}."}) + "\n" for i in range(5)))
+    config = make_config(tiny_model_dir, qa_files, tmp_path / "out", f"mismatch_pool={pool}")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    step = prepare_data(config, tokenizer, METHODS["ga_mismatch_kl"])(0)
+    rows = step.slices["mismatch"]
+    texts = [tokenizer.decode([t for t in step.batch["labels"][r].tolist() if t != -100]) for r in range(rows.start, rows.stop)]
+    assert texts and all("Other prose number" in text for text in texts)
+    normal_rows = step.slices["normal"]
+    assert not any("Other prose" in tokenizer.decode(step.batch["input_ids"][r]) for r in range(normal_rows.start, normal_rows.stop))

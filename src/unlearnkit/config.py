@@ -59,6 +59,9 @@ class DataConfig:
     normal_where: str = _f("", "keep normal rows matching column=value[,column=value]")
     max_forget: int = _f(0, "use at most this many forget examples (0 = all)")
     max_normal: int = _f(0, "use at most this many normal examples (0 = all)")
+    mismatch_pool: str = _f("", "random-mismatch answers: the answers of this data source (same forms as forget; e.g. "
+                            "gutenberg_austen, prose of another book) instead of the normal answers (the paper's choice; "
+                            "empty = the normal answers)")
     normal_answers: str = _f("dataset", "normal (KL and mismatch) answers: the dataset's, or 'self' = the original model's own greedy "
                              "answers to the normal prompts (generated once, cached)", choices=("dataset", "self"))
     template: str = _f("paper", "prompt format", choices=("paper", "chat", "plain"))
@@ -364,6 +367,9 @@ def validate(config: RunConfig) -> None:
     if m.regularizer != "auto" and m.regularizer not in method.regularizers:
         allowed = ", ".join(method.regularizers) if method.regularizers else "only auto (its objective is fixed)"
         raise UserError(f"method {m.name} takes regularizer {allowed}; got {m.regularizer!r}")
+    if d.mismatch_pool.strip() and method.needs.mismatch != "normal":
+        raise UserError(f"mismatch_pool is set but method {m.name} has no random-mismatch term; use ga_mismatch or ga_mismatch_kl, "
+                        "or leave mismatch_pool empty")
     if method.needs.preferred == "column" and not d.forget_preferred_column:
         raise UserError(f"method {m.name} needs forget_preferred_column: the forget-set column holding the preferred answer")
 

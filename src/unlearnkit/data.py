@@ -435,7 +435,8 @@ class StepBatch:
 class StepBatcher:
     """Builds the deterministic batch of any step from tokenized forget/normal sets.
 
-    mismatch_source: "normal" draws K normal answers per forget prompt (paper); "template" uses one
+    mismatch_source: "normal" draws K answers per forget prompt from ``mismatch_pool`` (answer token ids), or when
+    that is empty from the normal answers (paper); "template" uses one
     fixed reply for each forget prompt (templated unlearning); None leaves the group out.
     preferred_source: "refusal" pairs each forget prompt with one of ``refusal_ids`` (drawn from (seed, step));
     "column" with the forget example's own ``preferred_ids``; None leaves the "preferred" group out.
@@ -457,12 +458,15 @@ class StepBatcher:
         bos_id: int | None = None,
         preferred_source: str | None = None,
         refusal_ids: Sequence[list[int]] = (),
+        mismatch_pool: Sequence[list[int]] = (),
     ) -> None:
         if not forget:
             raise UserError("the forget set is empty; give at least one question/answer pair")
-        if (use_normal or mismatch_source == "normal") and not normal:
+        if (use_normal or (mismatch_source == "normal" and not mismatch_pool)) and not normal:
             raise UserError("the normal set is empty; this method needs normal question/answer pairs")
         self.forget, self.normal = list(forget), list(normal)
+        # The answers the mismatch group draws from: the normal answers (paper), or a pool of their own.
+        self.mismatch_answers = [list(a) for a in mismatch_pool] or [ex.answer_ids for ex in self.normal]
         self.batch_size, self.k, self.max_length = batch_size, num_mismatch, max_length
         self.pad_id, self.seed, self.bos_id = pad_id, seed, bos_id
         self.mismatch_source, self.template_reply_ids, self.use_normal = mismatch_source, template_reply_ids, use_normal
@@ -479,11 +483,11 @@ class StepBatcher:
             ex = self.forget[i]
             groups["forget"].append(join_prompt_answer(ex.prompt_ids, ex.answer_ids, self.max_length, self.bos_id))
         if self.mismatch_source == "normal":
-            draws = sample_mismatch(len(forget_idx), len(self.normal), self.k, self.seed, step)
+            draws = sample_mismatch(len(forget_idx), len(self.mismatch_answers), self.k, self.seed, step)
             for row, i in enumerate(forget_idx):
                 for j in draws[row]:
                     groups["mismatch"].append(
-                        join_prompt_answer(self.forget[i].prompt_ids, self.normal[j].answer_ids, self.max_length, self.bos_id)
+                        join_prompt_answer(self.forget[i].prompt_ids, self.mismatch_answers[j], self.max_length, self.bos_id)
                     )
         elif self.mismatch_source == "template":
             assert self.template_reply_ids is not None

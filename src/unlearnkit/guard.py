@@ -130,7 +130,7 @@ def _normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def prepare_guard(config: Any, data: tuple[list[QAExample], list[QAExample]], processes: int) -> GuardData | None:
+def prepare_guard(config: Any, data: Sequence[list[QAExample]], processes: int) -> GuardData | None:
     """Load and check the guard's prompts before training (None when the guard is off).
 
     UserError when the launch has several processes, the method learns instead of forgetting, or the guard
@@ -157,7 +157,7 @@ def prepare_guard(config: Any, data: tuple[list[QAExample], list[QAExample]], pr
             raise UserError(f"guard_set {t.guard_set} shares {shared} prompts with the evaluation set '{prompt_set.name}' "
                             f"({prompt_set.source}); the guard must validate on prompts no evaluation reads: choose another "
                             "guard_set (builtin: guard_benign)")
-    forget, normal = data
+    forget, normal = data[0], data[1]  # train.RunData
     for what, examples in (("forget", forget), ("normal", normal)):
         shared = sum(_normalized(e.question) in keys for e in examples)
         if shared:

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -94,9 +94,15 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------- setup
-def load_run_data(config: RunConfig, method: Method) -> tuple[list[QAExample], list[QAExample]]:
-    """The forget and normal examples of the run (normal empty when the method needs none). With
-    ``normal_answers=self`` the normal answers may be empty (prompt-only pools): the model writes them."""
+class RunData(NamedTuple):
+    forget: list[QAExample]
+    normal: list[QAExample]  # empty when the method needs none
+    mismatch_pool: list[QAExample] = []  # mismatch_pool's rows (their answers are drawn); empty = the normal answers
+
+
+def load_run_data(config: RunConfig, method: Method) -> RunData:
+    """The forget, normal and mismatch-pool examples of the run. With ``normal_answers=self`` the normal
+    answers may be empty (prompt-only pools): the model writes them."""
     d, m = config.data, config.method
     needs = resolve_needs(method, m)
     forget = load_qa(d.forget, split=d.forget_split, question_column=d.forget_question_column,
@@ -111,16 +117,17 @@ def load_run_data(config: RunConfig, method: Method) -> tuple[list[QAExample], l
     )
     if method.mismatch_source == "template" and not m.template_reply.strip():
         raise UserError("template_reply is empty; give the fixed reply the templated method should learn")
-    return forget, normal
+    pool = load_qa(d.mismatch_pool.strip()) if d.mismatch_pool.strip() else []
+    return RunData(forget, normal, pool)
 
 
 def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_model: Any = None,
-                 data: tuple[list[QAExample], list[QAExample]] | None = None) -> StepBatcher:
+                 data: RunData | None = None) -> StepBatcher:
     """The step batcher of the run. With ``normal_answers=self`` the normal answers are ``original_model``'s
     own greedy answers to the normal prompts (see unlearnkit.own_answers); the model must then be given."""
     d, m = config.data, config.method
     needs = resolve_needs(method, m)
-    forget, normal = data if data is not None else load_run_data(config, method)
+    forget, normal, pool = data if data is not None else load_run_data(config, method)
     if normal and d.normal_answers == "self":
         if original_model is None:
             raise ValueError("normal_answers=self needs the original model to answer the normal prompts")
@@ -143,6 +150,7 @@ def prepare_data(config: RunConfig, tokenizer: Any, method: Method, original_mod
         mismatch_source=needs.mismatch, template_reply_ids=template_ids,
         use_normal=needs.kl or needs.retain_nll or needs.hidden_states,
         bos_id=tokenizer.bos_token_id, preferred_source=needs.preferred, refusal_ids=refusal_ids,
+        mismatch_pool=[ex.answer_ids for ex in tokenize_qa(tokenizer, pool, d.template)],
     )
 
 

@@ -29,6 +29,8 @@ What ships (JSON Lines in ``unlearnkit/builtin/data/``, one ``{"question", "answ
 - ``gutenberg_alice``: consecutive passages of *Alice's Adventures in Wonderland* as (prefix ``question``,
   continuation ``answer``, ``chapter``) for the copyright / memorization scenario and extraction prompts.
   Public domain (US).
+- ``gutenberg_austen``: *Pride and Prejudice* passages cut the same way: prose that is not the book being
+  forgotten, the copyright scenario's random-mismatch pool (``mismatch_pool=gutenberg_austen``). Public domain (US).
 
 Sources, upstream commits, licenses, row counts and how each file was made are in ``data/CREDITS.md``;
 the files are rebuilt deterministically by ``scripts/build_builtin_data.py``.
@@ -75,6 +77,7 @@ _AEGIS = "Aegis AI Content Safety (Ghosh et al. 2024), test prompts labelled unh
 _LOOKALIKE = "written for unlearnkit: safe prompts in harmful words (XSTest's categories, not its prompts)"
 _GUARD = "HaluEval general_data.json (Alpaca instructions) and ToxicChat test split (unharmful prompts): rows no other file holds"
 _ALICE = "Lewis Carroll, Alice's Adventures in Wonderland, Project Gutenberg eBook #11"
+_AUSTEN = "Jane Austen, Pride and Prejudice, Project Gutenberg eBook #1342"
 
 
 def _entry(name: str, description: str, license: str, source: str, family: str = "", *,
@@ -139,6 +142,8 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = dict(
             "Public domain (US)",
             _ALICE,
         ),
+        _entry("gutenberg_austen", "passages of another book cut the same way: prose that is not the book to forget "
+               "(copyright mismatch pool, mismatch_pool=gutenberg_austen)", "Public domain (US)", _AUSTEN),
         _entry(
             "advbench_harmful_train",
             "100 AdvBench harmful requests with an uncensored model's harmful answer (forget set; harmful content)",
