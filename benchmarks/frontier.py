@@ -271,11 +271,17 @@ def forget_answer_norm(preset: Path, layer: int, model: str | None = None) -> tu
 
 
 # ------------------------------------------------------------------------------------------- caching
+# Config fields added after points were first cached, with the value that reproduces what those points ran: at
+# that value a field stays out of a point's identity, so adding an option does not invalidate every cached point.
+ADDED_LATER = {("data", "mismatch_pool"): ""}
+
+
 def config_hash(config: Any) -> str:
     """Identity of a point: its resolved config, less the fields that do not change what is trained or measured."""
     from unlearnkit.checkpoint import RESUME_MAY_CHANGE
 
-    body = {s: {k: v for k, v in values.items() if k not in RESUME_MAY_CHANGE and k != "output_dir"}
+    body = {s: {k: v for k, v in values.items()
+                if k not in RESUME_MAY_CHANGE and k != "output_dir" and ADDED_LATER.get((s, k), object()) != v}
             for s, values in config.to_dict().items()}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -35,6 +35,25 @@ def test_selection_is_the_most_utility_among_points_meeting_the_forgetting_targe
     assert frontier.relative_cut(0.8, 0.1) == pytest.approx(0.875) and frontier.relative_cut(0.0, 0.1) is None
 
 
+def test_an_option_added_later_keeps_cached_points_at_its_neutral_value():
+    """Cached points were trained before mismatch_pool existed: at "" their identity is what it was without the
+    field; set, it is another point."""
+    from unlearnkit.config import load_config
+
+    class Before:  # the same config as it was written before the field was added
+        def __init__(self, config):
+            self.config = config
+
+        def to_dict(self):
+            d = self.config.to_dict()
+            d["data"].pop("mismatch_pool")
+            return d
+
+    config = load_config(None, [])
+    assert frontier.config_hash(config) == frontier.config_hash(Before(config))
+    assert frontier.config_hash(load_config(None, ["mismatch_pool=gutenberg_austen"])) != frontier.config_hash(config)
+
+
 def test_a_tasks_own_points_come_after_the_shared_grid_and_only_for_that_task():
     shared = len(frontier.SMALL_GRID["ga_mismatch_kl"])
     copyright_points = frontier.grid_points("copyright", "small", ["ga_mismatch_kl"])
