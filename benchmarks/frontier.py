@@ -162,10 +162,12 @@ TASKS: dict[str, Task] = {
         ("leak_rate_extraction", "nm_rate_extraction", "on_topic_rate_benign", UTILITY, "nm_rate_benign",
          "on_topic_rate_overrefusal", "refusal_rate_overrefusal"),
         memorize="configs/copyright_memorize.yaml",
+        grid_base=("mismatch_pool=",),  # the preset now draws its mismatch answers from gutenberg_austen (point 7)
         # The preset with the random-mismatch answers drawn from another book's prose (Pride and Prejudice)
         # instead of the everyday answers: continuations of the forgotten passages may stay prose instead of
         # derailing into `* * *` runs and blanks; the KL term keeps the everyday answers.
-        extra_points=(("ga_mismatch_kl", {"lr_x": 1, "steps_x": 1, "w_normal": 5.0, "mismatch_pool": "gutenberg_austen"}),)),
+        extra_points=(("ga_mismatch_kl", {"lr_x": 1, "steps_x": 1, "w_normal": 5.0, "mismatch_pool": "gutenberg_austen"}),
+                      ("ga_mismatch_kl", {"lr_x": 1, "steps_x": 1, "w_normal": 10.0, "mismatch_pool": "gutenberg_austen"}))),
 }
 
 # RMU on SmolLM2-135M (30 layers, width 576), not the Zephyr-7B defaults (layer 7, c 6.5, alpha 1200): the
