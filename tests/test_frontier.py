@@ -57,9 +57,9 @@ def test_an_option_added_later_keeps_cached_points_at_its_neutral_value():
 def test_a_tasks_own_points_come_after_the_shared_grid_and_only_for_that_task():
     shared = len(frontier.SMALL_GRID["ga_mismatch_kl"])
     copyright_points = frontier.grid_points("copyright", "small", ["ga_mismatch_kl"])
-    harmful_points = frontier.grid_points("harmful", "small", ["ga_mismatch_kl"])
-    assert [label for label, _, _ in harmful_points] == [f"ga_mismatch_kl-{n}" for n in range(1, shared + 1)]
-    assert copyright_points[:shared] == harmful_points  # the shared points keep their labels and settings
+    plain_points = frontier.grid_points("hallucination", "small", ["ga_mismatch_kl"])  # a task with none of its own
+    assert [label for label, _, _ in plain_points] == [f"ga_mismatch_kl-{n}" for n in range(1, shared + 1)]
+    assert copyright_points[:shared] == plain_points  # the shared points keep their labels and settings
     label, _, setting = copyright_points[shared]
     assert label == f"ga_mismatch_kl-{shared + 1}" and setting["mismatch_pool"] == "gutenberg_austen"
     assert len(frontier.grid_points("copyright", "tiny", ["ga_mismatch_kl"])) == len(frontier.TINY_GRID["ga_mismatch_kl"])
