@@ -144,9 +144,11 @@ def test_relearning_changes_weights_and_is_seeded(tiny_model_dir, qa_files, tmp_
     assert any(not torch.equal(models[0][k], start[k]) for k in start)  # relearning moved the weights
     assert relearn(relearn_config(run, str(tiny_model_dir), data, tmp_path / "a", steps=3, lr=1e-2, progress=False))[1]  # cached
     # The attacker finetunes plainly: an unlearning run's SAM and utility guard do not carry over to it.
-    defended = load_config(None, [f"model={tiny_model_dir}", f"forget={forget}", f"normal={normal}", "sam_rho=0.5", "guard_every=5"])
-    plain = relearn_config(defended, str(tiny_model_dir), data, tmp_path / "c", steps=3, lr=1e-2, progress=False).train
-    assert plain.sam_rho == 0.0 and plain.guard_every == 0
+    # So does a mismatch pool (finetuning has no mismatch term: kept, it made the attack's config invalid).
+    defended = load_config(None, [f"model={tiny_model_dir}", f"forget={forget}", f"normal={normal}", "sam_rho=0.5", "guard_every=5",
+                                  "mismatch_pool=gutenberg_austen"])
+    plain = relearn_config(defended, str(tiny_model_dir), data, tmp_path / "c", steps=3, lr=1e-2, progress=False)
+    assert plain.train.sam_rho == 0.0 and plain.train.guard_every == 0 and plain.data.mismatch_pool == ""
 
 
 def test_relearn_cache_follows_the_starting_weights(tiny_model_dir, qa_files, tmp_path):

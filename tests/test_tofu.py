@@ -166,3 +166,13 @@ def test_tofu_bench_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, monkeyp
     second = json.loads((tmp_path / "second" / "results.json").read_text())
     assert second["meta"]["stages"]["target"]["reused"] and second["meta"]["stages"]["retain"]["reused"]
     assert second["target"]["forget_truth_ratios"] == results["target"]["forget_truth_ratios"]
+
+
+def test_the_finetuning_stage_drops_the_unlearning_runs_mismatch_pool(tmp_path) -> None:
+    """Target and retain models are plain finetunes: a mismatch pool set for the unlearning would make them invalid."""
+    from unlearnkit.bench.tofu import TofuConfig, finetune_config
+    from unlearnkit.config import load_config
+
+    run = load_config(None, ["mismatch_pool=gutenberg_austen", "template=chat"])
+    config = finetune_config(run, TofuConfig(), tmp_path / "rows.jsonl", 10)
+    assert config.method.name == "finetune" and config.data.mismatch_pool == "" and config.data.template == "chat"

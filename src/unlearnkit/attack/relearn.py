@@ -65,6 +65,7 @@ def relearn_config(run: RunConfig, model: str, data_file: Path, output_dir: Path
     d = config.data
     d.forget, d.forget_split, d.forget_question_column, d.forget_answer_column = str(data_file), "train", "question", "answer"
     d.forget_where, d.forget_preferred_column, d.max_forget = "", "", 0
+    d.mismatch_pool = ""  # finetuning has no mismatch term
     t = config.train
     t.output_dir, t.max_steps, t.lr, t.batch_size = str(output_dir), steps, lr, RELEARN_BATCH
     t.warmup_steps, t.save_every, t.keep_checkpoints, t.forget_threshold, t.time_budget_s = 0, 0, 1, None, None

@@ -207,7 +207,7 @@ def finetune_config(run: RunConfig, bench: TofuConfig, data_path: Path, n_rows: 
     config.method.name = "finetune"
     config.data.forget, config.data.max_forget, config.data.forget_where = str(data_path), 0, ""
     config.data.forget_question_column, config.data.forget_answer_column = "question", "answer"
-    config.data.normal_answers = "dataset"
+    config.data.normal_answers, config.data.mismatch_pool = "dataset", ""  # finetuning has no mismatch term
     t = config.train
     t.batch_size, t.lr, t.weight_decay = bench.finetune_batch_size, bench.finetune_lr, bench.finetune_weight_decay
     t.max_steps = max(1, math.ceil(bench.finetune_epochs * n_rows / bench.finetune_batch_size))
