@@ -97,7 +97,7 @@ class TrainResult:
 class RunData(NamedTuple):
     forget: list[QAExample]
     normal: list[QAExample]  # empty when the method needs none
-    mismatch_pool: list[QAExample] = []  # mismatch_pool's rows (their answers are drawn); empty = the normal answers
+    mismatch_pool: list[QAExample]  # mismatch_pool's rows (their answers are drawn); empty = the normal answers
 
 
 def load_run_data(config: RunConfig, method: Method) -> RunData:
