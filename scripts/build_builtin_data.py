@@ -428,12 +428,13 @@ def cut_at_word_boundary(text: str, start: int, max_chars: int) -> tuple[str, in
     return piece, next_start
 
 
-def build_alice(data_dir: Path) -> list[BuiltFile]:
-    source_path = data_dir / ALICE_TXT
+def book_chunks(chapters: list[tuple[int, str]], max_rows: int) -> list[dict]:
+    """Up to ``max_rows`` rows {question: prefix, answer: continuation, chapter} cut from ``chapters`` in reading
+    order: consecutive non-overlapping chunks within a chapter, each ended at a word boundary."""
     rows: list[dict] = []
-    for number, text in alice_chapters(source_path.read_text(encoding="utf-8")):
+    for number, text in chapters:
         position = 0
-        while len(rows) < ALICE_ROWS:
+        while len(rows) < max_rows:
             prefix, position_after_prefix = cut_at_word_boundary(text, position, ALICE_PREFIX_CHARS)
             continuation, next_position = cut_at_word_boundary(text, position_after_prefix, ALICE_CONTINUATION_CHARS)
             # Only full-length chunks: the short remainder at a chapter's end is skipped.
@@ -441,8 +442,14 @@ def build_alice(data_dir: Path) -> list[BuiltFile]:
                 break
             rows.append({"question": prefix, "answer": continuation, "chapter": number})
             position = next_position
-        if len(rows) >= ALICE_ROWS:
+        if len(rows) >= max_rows:
             break
+    return rows
+
+
+def build_alice(data_dir: Path) -> list[BuiltFile]:
+    source_path = data_dir / ALICE_TXT
+    rows = book_chunks(alice_chapters(source_path.read_text(encoding="utf-8")), ALICE_ROWS)
     chapters_used = sorted({row["chapter"] for row in rows})
     credits = (
         "- Source: Lewis Carroll, *Alice's Adventures in Wonderland* (1865), Project Gutenberg eBook #11 "
@@ -489,18 +496,7 @@ def build_austen(data_dir: Path) -> list[BuiltFile]:
     text = drop_bracketed(source_path.read_text(encoding="utf-8"), "[Illustration")
     # Chapter I's heading sits inside the title illustration (dropped above); from chapter II on, "CHAPTER N."
     # lines split the text. Only chapters II onwards are used.
-    rows: list[dict] = []
-    for number, chapter in alice_chapters(text):
-        position = 0
-        while len(rows) < AUSTEN_ROWS:
-            prefix, position_after_prefix = cut_at_word_boundary(chapter, position, ALICE_PREFIX_CHARS)
-            continuation, next_position = cut_at_word_boundary(chapter, position_after_prefix, ALICE_CONTINUATION_CHARS)
-            if len(continuation) < ALICE_CONTINUATION_CHARS * 3 // 4 or len(prefix) < ALICE_PREFIX_CHARS * 3 // 4:
-                break
-            rows.append({"question": prefix, "answer": continuation, "chapter": number})
-            position = next_position
-        if len(rows) >= AUSTEN_ROWS:
-            break
+    rows = book_chunks(alice_chapters(text), AUSTEN_ROWS)
     chapters_used = sorted({row["chapter"] for row in rows})
     credits = (
         "- Source: Jane Austen, *Pride and Prejudice* (1813), Project Gutenberg eBook #1342, from the "
